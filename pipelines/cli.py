@@ -1,0 +1,179 @@
+"""``trainlab``: the command line. Every command has ``--help``; every bad input is one clear line."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train patent-derived methods on Ray Train / Tune / Data, tracked in MLflow.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    from pipelines.cluster import ResourceError
+    from pipelines.data import DataValidationError
+    from pipelines.tracking import TrackingError
+    from trainers import UnknownMethodError
+    from trainers.common.config import ConfigError
+
+    return (ConfigError, DataValidationError, ResourceError, TrackingError, UnknownMethodError, ValueError)
+
+
+def _overrides(num_workers: Optional[int], gpu: bool, seed: Optional[int], cpus_per_worker: Optional[float]) -> dict:
+    o: dict = {}
+    if num_workers is not None:
+        o.setdefault("scaling", {})["num_workers"] = num_workers
+    if gpu:
+        o.setdefault("scaling", {})["use_gpu"] = True
+    if cpus_per_worker is not None:
+        o.setdefault("scaling", {})["cpus_per_worker"] = cpus_per_worker
+    if seed is not None:
+        o["seed"] = seed
+    return o
+
+
+@app.command("methods")
+def methods_cmd() -> None:
+    """List the registered methods, one line each."""
+    from trainers import method_summaries
+
+    t = Table(title="trainlab methods")
+    for c in ("method", "patent", "idea"):
+        t.add_column(c)
+    for key, (patent, line) in method_summaries().items():
+        t.add_row(key, patent, line)
+    console.print(t)
+
+
+def _run_summary(res, spec) -> None:
+    t = Table(title=f"trainlab run {res.method} — finished")
+    t.add_column("what")
+    t.add_column("value", overflow="fold")
+    for k in spec.summary_metrics + ("epoch",):
+        if k in res.metrics:
+            v = res.metrics[k]
+            t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    t.add_row("MLflow run id", res.run_id)
+    t.add_row("MLflow run name", res.run_name)
+    t.add_row("experiment", res.experiment)
+    t.add_row("tracking URI", res.tracking_uri)
+    t.add_row("checkpoint", res.checkpoint or "-")
+    console.print(t)
+    from pipelines.tracking import ui_hint
+
+    console.print(f"look at it: [bold]{ui_hint()}[/]", highlight=False, soft_wrap=True)
+
+
+@app.command("run")
+def run_cmd(
+    method: str = typer.Argument(..., help="method key (see `trainlab methods`)"),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML file with config sections"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override: dotted.key=value (repeatable)"),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Ray Train workers (>= 1)"),
+    gpu: bool = typer.Option(False, "--gpu", help="one GPU per worker"),
+    quick: bool = typer.Option(False, "--quick", help="tiny config, well under a minute on 2 CPU cores"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (0..2^31-1)"),
+    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs per worker (> 0)"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
+) -> None:
+    """Train one method: config -> Ray Datasets -> TorchTrainer -> MLflow run -> summary."""
+    from pipelines.run import load_config, train
+    from trainers import get_method
+
+    try:
+        spec = get_method(method)
+        cfg = load_config(method, config, set_, quick, _overrides(num_workers, gpu, seed, cpus_per_worker))
+        if print_config:
+            import yaml
+
+            console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False)
+            return
+        res = train(method, cfg)
+    except _user_errors() as e:
+        _fail(str(e))
+    _run_summary(res, spec)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    method: str = typer.Argument(..., help="method key (see `trainlab methods`)"),
+    num_samples: int = typer.Option(8, "--num-samples", help="trials (1..10000)"),
+    scheduler: str = typer.Option("asha", "--scheduler", help="asha (early stopping) | fifo"),
+    search: str = typer.Option("random", "--search", help="random | optuna (TPE)"),
+    max_concurrent: int = typer.Option(1, "--max-concurrent", help="trials at once (>= 1)"),
+    space: Optional[str] = typer.Option(None, "--space", help="YAML search space (default: the method's)"),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML base config"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="base override dotted.key=value"),
+    num_workers: Optional[int] = typer.Option(None, "--num-workers", help="Ray Train workers per trial"),
+    gpu: bool = typer.Option(False, "--gpu", help="one GPU per worker"),
+    quick: bool = typer.Option(False, "--quick", help="tiny base config"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="random seed"),
+    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs per worker (> 0)"),
+) -> None:
+    """Sweep a method's hyperparameters with Ray Tune; one MLflow parent run, one child run per trial."""
+    from pipelines.run import load_config
+    from pipelines.tracking import ui_hint, tracking_uri
+    from tuning.sweep import sweep
+
+    try:
+        cfg = load_config(method, config, set_, quick, _overrides(num_workers, gpu, seed, cpus_per_worker))
+        res = sweep(method, cfg, num_samples=num_samples, scheduler=scheduler, search=search,
+                    max_concurrent=max_concurrent, space_file=space)
+    except _user_errors() as e:
+        _fail(str(e))
+    t = Table(title=f"trainlab sweep {method} — {res.num_trials} trials ({res.num_terminated_early} stopped early)")
+    t.add_column("trial")
+    t.add_column(res.metric)
+    t.add_column("epochs")
+    t.add_column("params", overflow="fold")
+    for i, tr in enumerate(sorted(res.trials, key=lambda x: -(x[res.metric] or -1e9) if res.mode == "max" else (x[res.metric] or 1e9))):
+        v = tr[res.metric]
+        t.add_row(str(i), f"{v:.4f}" if v is not None else "error", str(tr["epochs"]),
+                  ", ".join(f"{k}={v}" for k, v in tr["params"].items()))
+    console.print(t)
+    console.print(f"best {res.metric} = {res.best_metric:.4f}; parent MLflow run {res.parent_run_id} "
+                  f"in experiment {res.experiment} at {tracking_uri()}", highlight=False, soft_wrap=True)
+    console.print(f"look at it: [bold]{ui_hint()}[/]", highlight=False, soft_wrap=True)
+
+
+@app.command("demo")
+def demo_cmd(
+    methods: Optional[list[str]] = typer.Option(None, "--method", help="only these methods (default: all)"),
+) -> None:
+    """Run every registered method's --quick config on the embedded data and say where to look."""
+    from pipelines.run import load_config, train
+    from trainers import get_method, method_keys
+
+    for key in methods or method_keys():
+        console.rule(f"demo: {key}")
+        try:
+            spec = get_method(key)
+            res = train(key, load_config(key, quick=True))
+        except _user_errors() as e:
+            _fail(str(e))
+        _run_summary(res, spec)
+    console.print("demo done. Compare runs in the MLflow UI (command above), then try "
+                  "`trainlab sweep decorrelation --quick --num-samples 4`.", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app(prog_name="trainlab")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Connecting to Ray, and refusing resource requests the cluster cannot meet.
+
+Local runs start a private Ray instance (``ray.init``); with ``RAY_ADDRESS`` set (or on a cluster
+node started by ``ray start``) trainlab connects to that cluster instead. Every run checks its
+resource request against the cluster's *total* resources before a worker starts, so an impossible
+request fails in milliseconds with a message instead of waiting forever for a placement group.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+
+log = logging.getLogger(__name__)
+
+
+class ResourceError(ValueError):
+    """The cluster cannot host the requested workers; raised before any worker starts."""
+
+
+def init_ray(num_cpus: int | None = None, address: str | None = None) -> dict:
+    """Start (or connect to) Ray once per process and return the cluster's total resources.
+
+    ``num_cpus`` sets the *logical* CPU count of a new local instance (default: the machine's
+    cores, or ``TRAINLAB_RAY_CPUS``). It is ignored when connecting to an existing cluster.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            if num_cpus is None and os.environ.get("TRAINLAB_RAY_CPUS"):
+                num_cpus = int(os.environ["TRAINLAB_RAY_CPUS"])
+            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                     configure_logging=True, logging_level=logging.WARNING)
+    return dict(ray.cluster_resources())
+
+
+@dataclass(frozen=True)
+class ResourceRequest:
+    """What one training run asks of the cluster."""
+
+    num_workers: int
+    cpus_per_worker: float
+    use_gpu: bool
+    data_cpus: float  # CPUs left free for Ray Data's read/transform tasks (never 0)
+
+    @property
+    def cpus(self) -> float:
+        return self.num_workers * self.cpus_per_worker + self.data_cpus
+
+    @property
+    def gpus(self) -> int:
+        return self.num_workers if self.use_gpu else 0
+
+
+def check_resources(req: ResourceRequest, concurrent: int = 1, resources: dict | None = None) -> None:
+    """Raise :class:`ResourceError` when ``concurrent`` copies of ``req`` cannot fit the cluster."""
+    res = resources if resources is not None else dict(ray.cluster_resources())
+    have_cpu = float(res.get("CPU", 0))
+    have_gpu = float(res.get("GPU", 0))
+    need_cpu = req.cpus * concurrent
+    what = f"{concurrent} concurrent trial(s) × " if concurrent > 1 else ""
+    if req.use_gpu and have_gpu < 1:
+        raise ResourceError(
+            "--gpu: the Ray cluster has no GPU (cluster resources: "
+            f"{have_cpu:g} CPU, 0 GPU); drop --gpu or connect to a cluster with GPUs (RAY_ADDRESS)."
+        )
+    if req.gpus * concurrent > have_gpu:
+        raise ResourceError(
+            f"num_workers: {what}{req.num_workers} GPU worker(s) need {req.gpus * concurrent} GPUs "
+            f"but the cluster has {have_gpu:g}; allowed: num_workers <= {int(have_gpu // concurrent)}."
+        )
+    if need_cpu > have_cpu + 1e-9:
+        max_workers = int((have_cpu / concurrent - req.data_cpus) // req.cpus_per_worker)
+        raise ResourceError(
+            f"num_workers: {what}{req.num_workers} worker(s) × {req.cpus_per_worker:g} CPU + "
+            f"{req.data_cpus:g} spare CPU for Ray Data = {need_cpu:g} CPUs, but the cluster has "
+            f"{have_cpu:g}; allowed: num_workers <= {max(max_workers, 0)} "
+            "(or lower cpus_per_worker / max_concurrent, or set TRAINLAB_RAY_CPUS for a local "
+            "instance with more logical CPUs)."
+        )

@@ -1,0 +1,115 @@
+"""MLflow on the driver: where runs go, the run a training job logs into, and its closing.
+
+Default store: a sqlite file ``mlflow.db`` in the working directory with artifacts under
+``./mlartifacts`` (what ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` opens).
+``MLFLOW_TRACKING_URI`` overrides it (a tracking server on a cluster). The driver creates the run
+and logs params/tags/config; the rank-0 worker logs per-epoch metrics and artifacts into the same
+run id; the driver closes it with the final status.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainers.common.config import flatten
+
+
+class TrackingError(RuntimeError):
+    """The MLflow tracking store cannot be reached or written; raised before any worker starts."""
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def artifact_root() -> str | None:
+    """Absolute artifact location for a local store (workers may run in other directories)."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:") or uri.startswith("file:") or "://" not in uri:
+        return (Path.cwd() / "mlartifacts").resolve().as_uri()
+    return None  # a tracking server decides (proxied artifacts)
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail within seconds when the tracking server is unreachable (before any worker starts)."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+                if r.status != 200:
+                    raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: /health answered HTTP {r.status}")
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            raise TrackingError(
+                f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({e}); start it or unset "
+                "MLFLOW_TRACKING_URI to use the local sqlite store") from None
+    elif uri.startswith("sqlite:///"):
+        parent = Path(uri[len("sqlite:///"):]).parent
+        if not parent.exists() or not os.access(parent, os.W_OK):
+            raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: directory {parent} is not writable")
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def experiment_id(name: str) -> str:
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_root())
+
+
+def start_run(experiment: str, run_name: str, config: dict, tags: dict[str, str],
+              parent_run_id: str | None = None) -> str:
+    """Create the MLflow run for one training job; log params, tags and ``config.yaml``."""
+    import mlflow
+    from mlflow.entities import Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    all_tags = {"mlflow.runName": run_name, "git_sha": git_sha(), **tags}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
+    rid = run.info.run_id
+    params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(rid, params=params[i:i + 100])
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "config.yaml"
+        p.write_text(yaml.safe_dump(config, sort_keys=False))
+        client.log_artifact(rid, str(p))
+    return rid
+
+
+def end_run(run_id: str, status: str = "FINISHED", tags: dict[str, Any] | None = None) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri())
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, str(v))
+    client.set_terminated(run_id, status=status)
+
+
+def ui_hint() -> str:
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"

@@ -1,0 +1,128 @@
+"""End to end through the real CLI, real local Ray (the session's instance) and a real MLflow
+sqlite store: a quick run read back from MLflow, a nested sweep, and bad input failing fast."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory with its own MLflow sqlite store and Ray storage."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("TRAINLAB_STORAGE", str(tmp_path / "runs"))
+    return tmp_path
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def _runs(experiment="trainlab/decorrelation"):
+    c = _client()
+    exp = c.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment}"
+    return c.search_runs([exp.experiment_id])
+
+
+def _artifacts(run_id, path=None):
+    out = []
+    for f in _client().list_artifacts(run_id, path):
+        out.extend(_artifacts(run_id, f.path) if f.is_dir else [f.path])
+    return out
+
+
+def test_console_script_is_installed_and_helps():
+    for args in (["--help"], ["methods"], ["run", "--help"], ["sweep", "--help"], ["demo", "--help"]):
+        r = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    r = subprocess.run(["trainlab", "methods"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "decorrelation" in r.stdout and "JP7566705B2" in r.stdout
+
+
+def test_quick_run_logs_everything_to_mlflow(ray_session, workdir):
+    """`trainlab run decorrelation --quick`, as a separate process on the session's Ray cluster."""
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
+    r = subprocess.run(["trainlab", "run", "decorrelation", "--quick", "--seed", "3"], capture_output=True,
+                       text=True, timeout=600, env=env, cwd=workdir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "MLflow run id" in r.stdout and "target_acc" in r.stdout
+    (run,) = _runs()
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method.variant"] == "A" and run.data.params["seed"] == "3"
+    assert run.data.tags["method"] == "decorrelation" and run.data.tags["variant"] == "A"
+    assert "digits" in run.data.tags["dataset"] and run.data.tags["git_sha"]
+    for k in ("train_loss", "task_loss", "corr_loss_labelled", "corr_loss_unlabelled", "source_acc",
+              "target_acc", "mean_abs_corr_target"):
+        assert k in run.data.metrics, k
+    assert 0.0 <= run.data.metrics["target_acc"] <= 1.0
+    assert run.data.metrics["source_acc"] > 0.3  # 3 quick epochs learn the digits well above chance (0.1)
+    history = _client().get_metric_history(run.info.run_id, "target_acc")
+    assert [m.step for m in history] == [1, 2, 3]
+    arts = _artifacts(run.info.run_id)
+    for a in ("config.yaml", "plots/loss_curves.png", "plots/target_feature_correlation.png"):
+        assert a in arts, arts
+    # the trained model is an MLflow model that loads and predicts
+    import mlflow
+    import numpy as np
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert any(m.source_run_id == run.info.run_id for m in models)
+    model = mlflow.pytorch.load_model(f"models:/{models[0].model_id}")
+    import torch
+
+    out = model(torch.zeros(3, 1, 16, 16))
+    assert out.shape == (3, 10) and np.isfinite(out.detach().numpy()).all()
+
+
+def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
+    res = CliRunner().invoke(app, ["sweep", "decorrelation", "--quick", "--num-samples", "3",
+                                   "--max-concurrent", "2", "--scheduler", "asha", "--set", "train.epochs=2"])
+    assert res.exit_code == 0, res.output
+    runs = _runs()
+    parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3
+    assert len({c.info.run_name for c in children}) == 3          # unique run names
+    assert all(c.info.status == "FINISHED" for c in children)
+    best = max(c.data.metrics["target_val_acc"] for c in children)
+    assert parent.data.metrics["best_target_val_acc"] == pytest.approx(best)
+    assert parent.info.status == "FINISHED"
+    assert "best_config.yaml" in _artifacts(parent.info.run_id)
+    assert any(k.startswith("best.") for k in parent.data.params)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", "decorrelation", "--num-workers", "64"], "num_workers: 64 worker(s)"),
+    (["run", "decorrelation", "--gpu"], "--gpu: the Ray cluster has no GPU"),
+    (["run", "nosuch"], "unknown method 'nosuch'"),
+    (["run", "decorrelation", "--set", "method.variant=Z"], "method.variant"),
+    (["run", "decorrelation", "--set", "method.layers_unlabelled=[conv9]"], "no layer named 'conv9'"),
+    (["run", "decorrelation", "--set", "train.batch_size=4096"], "larger than the source_train split"),
+    (["run", "decorrelation", "--set", "data.source=/nonexistent/data.parquet"], "does not exist"),
+    (["sweep", "decorrelation", "--max-concurrent", "8", "--num-workers", "2"], "concurrent trial"),
+    (["sweep", "decorrelation", "--scheduler", "pbt"], "--scheduler"),
+])
+def test_bad_input_fails_fast_with_one_clear_message(ray_session, workdir, args, fragment):
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert fragment in res.output, res.output
+    assert "Traceback" not in res.output
+    # nothing was started: no MLflow run was created
+    c = _client()
+    exp = c.get_experiment_by_name("trainlab/decorrelation")
+    assert exp is None or not c.search_runs([exp.experiment_id])

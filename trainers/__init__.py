@@ -1,0 +1,80 @@
+"""The one registry of trainlab methods. The CLI, the sweeps and the tests all read ``METHODS``.
+
+Adding a method = one subpackage (config.py, losses.py, loop.py) and one entry here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    key: str
+    patent: str
+    summary: str
+    config_cls: type                      # pydantic model: trainers.<key>.config
+    train_loop: Callable[[dict], None]    # train_loop_per_worker, runs on every Ray Train worker
+    build_data: Callable[[Any], Any]      # validated config -> pipelines.data.DataBundle (Ray Datasets)
+    train_split: str                      # the split whose size sets the steps per epoch
+    metric: str                           # what sweeps optimise ...
+    mode: str                             # ... "max" or "min"
+    search_space: dict[str, dict]         # dotted key -> {"loguniform": [lo, hi]} | {"choice": [...]} ...
+    quick: dict = field(default_factory=dict)       # overrides for --quick (well under a minute)
+    summary_metrics: tuple[str, ...] = ()            # shown in the terminal summary table
+    variant_field: str | None = "variant"            # method.<field> reported as the MLflow tag
+    check: Callable[[Any, Any], None] | None = None  # driver-side (cfg, bundle) checks before workers start
+
+
+def _decorrelation() -> MethodSpec:
+    from pipelines.data import build_domain_shift
+    from trainers.decorrelation.config import DecorrelationConfig
+    from trainers.decorrelation.loop import check, train_loop_per_worker
+
+    return MethodSpec(
+        key="decorrelation",
+        patent=_SUMMARIES["decorrelation"][0],
+        summary=_SUMMARIES["decorrelation"][1],
+        config_cls=DecorrelationConfig,
+        train_loop=train_loop_per_worker,
+        check=check,
+        build_data=build_domain_shift,
+        train_split="source_train",
+        metric="target_val_acc",
+        mode="max",
+        search_space={
+            "method.lambda3": {"loguniform": [0.05, 20.0]},
+            "method.lambda4": {"loguniform": [0.01, 5.0]},
+            "method.aggregation": {"choice": ["sq", "abs"]},
+            "method.layers_unlabelled": {"choice": [["fc1"], ["conv2"], ["conv2", "fc1"]]},
+            "method.variant": {"choice": ["A", "B"]},
+            "train.lr": {"loguniform": [0.01, 0.2]},
+        },
+        quick={"train": {"epochs": 3, "batch_size": 64}, "model": {"width": 16, "feature_dim": 64}},
+        summary_metrics=("source_acc", "target_acc", "target_val_acc", "mean_abs_corr_target",
+                         "task_loss", "corr_loss_unlabelled"),
+    )
+
+
+_BUILDERS: dict[str, Callable[[], MethodSpec]] = {"decorrelation": _decorrelation}
+_SUMMARIES = {"decorrelation": ("JP7566705B2", "penalise inter-channel correlation of features of labelled and unlabelled data")}
+
+
+class UnknownMethodError(KeyError):
+    def __str__(self) -> str:
+        return f"unknown method {self.args[0]!r}; allowed: {', '.join(_BUILDERS)}"
+
+
+def method_keys() -> list[str]:
+    return list(_BUILDERS)
+
+
+def get_method(key: str) -> MethodSpec:
+    if key not in _BUILDERS:
+        raise UnknownMethodError(key)
+    return _BUILDERS[key]()
+
+
+def method_summaries() -> dict[str, tuple[str, str]]:
+    """key -> (patent, one line), without importing torch (fast ``trainlab methods``)."""
+    return dict(_SUMMARIES)

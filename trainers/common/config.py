@@ -1,0 +1,182 @@
+"""Typed run configuration shared by every method, and its loading from YAML / ``--set``.
+
+A run's config is one pydantic model: the common sections (``seed``, ``train``, ``scaling``,
+``tracking``) defined here plus each method's ``data``, ``model`` and ``method`` sections defined
+in ``trainers/<method>/config.py``. Every numeric field states its range in the schema, and every
+error is reported as ``<dotted.field>: <what is wrong> (allowed: ...)`` before any worker starts.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range. The message names the field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainSection(Section):
+    epochs: int = Field(12, ge=1, le=10_000, description="passes over the labelled training split")
+    batch_size: int = Field(128, ge=2, le=65_536, description="GLOBAL batch size, split evenly over workers")
+    lr: float = Field(0.05, gt=0, le=10.0, description="learning rate")
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0, le=1)
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on GPU; losses stay fp32")
+    max_failures: int = Field(1, ge=-1, le=100, description="worker failures to recover from (Ray FailureConfig)")
+    checkpoints_to_keep: int = Field(2, ge=1, le=1000)
+
+
+class ScalingSection(Section):
+    num_workers: int = Field(1, ge=1, le=1024, description="Ray Train data-parallel workers")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0, le=256)
+    data_cpus: float = Field(1.0, ge=0.25, le=256, description="CPUs kept free for Ray Data tasks")
+
+
+class TrackingSection(Section):
+    experiment: str | None = Field(None, description="MLflow experiment; default trainlab/<method>")
+    log_model: bool = True
+
+
+class BaseRunConfig(Section):
+    """Sections every method has. Methods subclass this and add ``data``, ``model``, ``method``."""
+
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    train: TrainSection = TrainSection()
+    scaling: ScalingSection = ScalingSection()
+    tracking: TrackingSection = TrackingSection()
+
+    @model_validator(mode="after")
+    def _batch_divides_over_workers(self):
+        n, b = self.scaling.num_workers, self.train.batch_size
+        if b % n or b // n < 2:
+            raise ValueError(
+                f"train.batch_size ({b}) must be a multiple of scaling.num_workers ({n}) with at least "
+                f"2 samples per worker; allowed: {', '.join(str(n * k) for k in (2, 16, 32, 64))}, ...")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: defaults < quick overrides < YAML file < --set key=value < explicit CLI flags
+# ---------------------------------------------------------------------------------------------
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def dotted_to_nested(flat: dict[str, Any]) -> dict:
+    nested: dict = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {key}: empty component in dotted key")
+        cur = nested
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+            if not isinstance(cur, dict):
+                raise ConfigError(f"--set {key}: '{p}' is set both as a value and as a section")
+        cur[parts[-1]] = value
+    return nested
+
+
+def parse_set_args(items: list[str] | None) -> dict:
+    """``["train.lr=0.1", "method.variant=B"]`` -> nested dict; values parsed as YAML scalars."""
+    flat: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=0.01")
+        key, raw = item.split("=", 1)
+        try:
+            flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({e})") from None
+    return dotted_to_nested(flat)
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config {p}: file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {p}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _allowed(cls: type[BaseModel], loc: tuple) -> str:
+    """Describe the allowed keys / values for an error at ``loc`` in model ``cls``."""
+    model: Any = cls
+    for part in loc[:-1]:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return ""
+        model = fields[part].annotation
+    fields = getattr(model, "model_fields", None)
+    if not fields:
+        return ""
+    last = loc[-1]
+    if last not in fields:
+        return f" (allowed keys: {', '.join(sorted(fields))})"
+    f = fields[last]
+    bounds = []
+    for m in f.metadata:
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(m, attr, None) is not None:
+                bounds.append(f"{sym} {getattr(m, attr)}")
+    return f" (allowed: {' and '.join(bounds)})" if bounds else ""
+
+
+def format_validation_error(cls: type[BaseModel], err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        field = ".".join(loc) or "<config>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = e.get("input")
+        got_s = f" (got {got!r})" if e["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
+        lines.append(f"{field}: {msg}{got_s}{_allowed(cls, loc) if e['type'] in ('extra_forbidden', 'greater_than', 'greater_than_equal', 'less_than', 'less_than_equal') else ''}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def build_config(cls: type[BaseRunConfig], *layers: dict | None) -> BaseRunConfig:
+    """Merge dict layers in order (later wins) and validate into ``cls``; raise :class:`ConfigError`."""
+    merged: dict = {}
+    for layer in layers:
+        if layer:
+            merged = _merge(merged, layer)
+    try:
+        return cls.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(cls, e)) from None
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> ``{"train.lr": 0.05, ...}`` (lists kept as their string form)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

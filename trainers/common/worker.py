@@ -1,0 +1,262 @@
+"""What every method's ``train_loop_per_worker`` shares: one :class:`Worker` per Ray Train worker.
+
+It owns the plumbing so a method's loop only holds its math:
+
+* the validated config, rank, world size, device, seeding;
+* data: each Ray Data shard (``ray.train.get_dataset_shard``) either streamed every epoch or, by
+  default for data that fits, pulled once into worker memory and reshuffled locally per epoch
+  (seeded), and always yielding exactly ``steps`` batches so every worker takes the same number of
+  collective steps;
+* collectives: autograd-aware all-gather (global-batch losses), all-reduce of counters;
+* checkpoints: restore on (re)start, save every epoch from rank 0, so a restarted run continues
+  its epoch counter;
+* reporting: ``ray.train.report`` on every rank (a barrier), MLflow metrics/artifacts from rank 0
+  only, into the run the driver created.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("trainlab")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` (same shape on every rank) over ranks along dim 0, keeping autograd.
+
+    The backward of ``torch.distributed.nn.all_gather`` sums the gradients of every rank's copy,
+    so a loss computed on the global batch gets exactly the single-process gradient once DDP has
+    averaged the parameter gradients over ranks.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(t.contiguous()), dim=0)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a (non-differentiable) tensor over ranks; identity on a single worker."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+class ShardLoader:
+    """Batches of one Ray Data shard: exactly ``steps`` per epoch, identical count on every rank."""
+
+    def __init__(self, shard, batch_size: int, device: torch.device, cache: bool, seed: int):
+        self.shard, self.batch_size, self.device, self.cache, self.seed = shard, batch_size, device, cache, seed
+        self._data: dict[str, torch.Tensor] | None = None
+
+    def _materialise(self) -> dict[str, torch.Tensor]:
+        if self._data is None:
+            parts: dict[str, list[torch.Tensor]] = {}
+            for b in self.shard.iter_torch_batches(batch_size=4096):
+                for k, v in b.items():
+                    parts.setdefault(k, []).append(v)
+            if not parts:
+                raise RuntimeError("a worker received an empty data shard; use fewer workers or more data")
+            self._data = {k: torch.cat(v).to(self.device) for k, v in parts.items()}
+        return self._data
+
+    def num_rows(self) -> int:
+        return len(next(iter(self._materialise().values())))
+
+    def epoch(self, epoch: int, steps: int, shuffle: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+        produced = 0
+        rnd = 0
+        while produced < steps:
+            got = 0
+            for batch in self._one_pass(epoch, rnd, shuffle):
+                yield batch
+                produced += 1
+                got += 1
+                if produced == steps:
+                    return
+            if got == 0:
+                raise RuntimeError(
+                    f"a worker's data shard holds fewer rows than one per-worker batch ({self.batch_size}); "
+                    "lower train.batch_size or scaling.num_workers")
+            rnd += 1
+
+    def _one_pass(self, epoch: int, rnd: int, shuffle: bool):
+        if self.cache:
+            data = self._materialise()
+            n = len(next(iter(data.values())))
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1009 + rnd)
+            order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
+            order = order.to(self.device)
+            for i in range(0, n - self.batch_size + 1, self.batch_size):
+                idx = order[i:i + self.batch_size]
+                yield {k: v[idx] for k, v in data.items()}
+        else:
+            yield from self.shard.iter_torch_batches(
+                batch_size=self.batch_size, drop_last=True, device=self.device,
+                local_shuffle_buffer_size=(4 * self.batch_size if shuffle else None),
+                local_shuffle_seed=self.seed + epoch * 1009 + rnd if shuffle else None)
+
+    def full(self, batch_size: int = 1024) -> Iterator[dict[str, torch.Tensor]]:
+        """Every row of the shard once, in order (evaluation)."""
+        if self.cache:
+            data = self._materialise()
+            n = len(next(iter(data.values())))
+            for i in range(0, n, batch_size):
+                yield {k: v[i:i + batch_size] for k, v in data.items()}
+        else:
+            yield from self.shard.iter_torch_batches(batch_size=batch_size, device=self.device)
+
+
+class Worker:
+    """Per-worker context handed to each method's loop."""
+
+    def __init__(self, loop_config: dict, config_cls):
+        import ray.train
+        import ray.train.torch
+
+        self.cfg = config_cls.model_validate(loop_config["cfg"])
+        self.run = loop_config["run"]          # driver facts: run id, tracking URI, sizes, steps...
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.is_chief = self.rank == 0
+        self.device = ray.train.torch.get_device()
+        threads = max(1, int(self.cfg.scaling.cpus_per_worker))
+        torch.set_num_threads(threads)
+        seed_everything(self.cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
+        self.local_batch = self.cfg.train.batch_size // self.world_size
+        self.steps_per_epoch: int = self.run["steps_per_epoch"]
+        self._mlflow = None
+        self._t0 = time.perf_counter()
+        if self.is_chief and self.run.get("mlflow_run_id"):
+            import mlflow
+            from mlflow.tracking import MlflowClient
+
+            mlflow.set_tracking_uri(self.run["tracking_uri"])
+            self._mlflow = MlflowClient(self.run["tracking_uri"])
+
+    # -- data ---------------------------------------------------------------------------------
+    def loader(self, name: str, batch_size: int | None = None) -> ShardLoader:
+        import ray.train
+
+        shard = ray.train.get_dataset_shard(name)
+        if shard is None:
+            raise KeyError(f"dataset {name!r} was not passed to the trainer")
+        return ShardLoader(shard, batch_size or self.local_batch, self.device,
+                           cache=self.run.get("cache_in_memory", True), seed=self.cfg.seed * 7919 + self.rank)
+
+    # -- model --------------------------------------------------------------------------------
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def autocast(self):
+        enabled = self.cfg.train.precision == "bf16" and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def restore(self) -> dict | None:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / "state.pt", map_location=self.device, weights_only=False)
+        if self.is_chief:
+            log.warning("restored from checkpoint %s at epoch %d", ckpt.path, state["epoch"])
+        return state
+
+    def stop_requested(self) -> bool:
+        """The user's stop request (``touch <stop_file>``), agreed on by all ranks."""
+        path = self.run.get("stop_file")
+        flag = torch.tensor([1.0 if (path and os.path.exists(path)) else 0.0])
+        return bool(all_reduce_sum(flag).item() > 0)
+
+    def report(self, epoch: int, metrics: dict[str, float], state: dict[str, Any]) -> None:
+        """Log one epoch: MLflow (rank 0), checkpoint (rank 0), ``ray.train.report`` (all ranks)."""
+        import ray.train
+        from ray.train import Checkpoint
+
+        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics["epoch"] = float(epoch)
+        metrics["time_s"] = time.perf_counter() - self._t0
+        self.log_metrics(metrics, step=epoch)
+        if self.is_chief:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({**state, "epoch": epoch}, Path(d) / "state.pt")
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+
+    # -- MLflow (rank 0 only) -------------------------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._mlflow is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if np.isfinite(v)]
+        self._mlflow.log_batch(self.run["mlflow_run_id"], metrics=batch)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self._mlflow is not None:
+            for k, v in tags.items():
+                self._mlflow.set_tag(self.run["mlflow_run_id"], k, str(v))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._mlflow is not None:
+            self._mlflow.log_artifact(self.run["mlflow_run_id"], str(path), artifact_path)
+
+    def log_figure(self, fig, name: str) -> None:
+        if self._mlflow is not None:
+            with tempfile.TemporaryDirectory() as d:
+                p = Path(d) / name
+                fig.savefig(p, dpi=110, bbox_inches="tight")
+                self.log_artifact(p, "plots")
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        if self._mlflow is None or not self.cfg.tracking.log_model:
+            return
+        import mlflow
+        import mlflow.pytorch
+
+        model = getattr(model, "module", model)
+        with mlflow.start_run(run_id=self.run["mlflow_run_id"]):
+            mlflow.pytorch.log_model(model.cpu().eval(), name="model",
+                                     input_example=example.cpu().numpy()[:2])
+
+
+def make_optimizer(train_cfg, params) -> torch.optim.Optimizer:
+    """The optimiser named by ``train.optimizer`` with the configured lr / momentum / weight decay."""
+    params = [p for p in params if p.requires_grad]
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.momentum,
+                               weight_decay=train_cfg.weight_decay)
+    cls = torch.optim.Adam if train_cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+
+
+def correlation_from_stats(n: torch.Tensor, s: torch.Tensor, ss: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Pearson correlation matrix from all-reduced sufficient statistics (count, Σh, Σhhᵀ) in float64."""
+    mean = s / n
+    cov = ss / n - torch.outer(mean, mean)
+    sd = torch.sqrt(torch.clamp(torch.diagonal(cov), min=0) + eps)
+    return cov / torch.outer(sd, sd)
