@@ -3,13 +3,19 @@ GLOBAL batch gives the same value and the same gradients on 2 workers as on 1 pr
 concatenated batch (the bug lightly#1977 shipped: per-worker correlation)."""
 from __future__ import annotations
 
+import sys
+
 import pytest
+import ray.cloudpickle
 import torch
 
 from trainers.common.config import build_config
 from trainers.common.models import FeatureTap, build_classifier
 from trainers.decorrelation.config import DecorrelationConfig
 from trainers.decorrelation.loop import step_terms
+
+# Ray workers cannot import this test module: ship its functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 B = 16  # global batch (source) and the same again of target samples
 
@@ -52,7 +58,8 @@ def _worker_fn(config):
     corr = terms["loss"].detach() - cfg.method.lambda2 * terms["task_loss"].detach()
     if rank == 0:
         torch.save({"grad": _flat_grad(model), "task": task, "corr": corr,
-                    "l3": terms["corr_loss_unlabelled"].detach(), "l4": terms["corr_loss_labelled"].detach()},
+                    "l3": terms["corr_loss_unlabelled"].detach(), "l4": terms["corr_loss_labelled"].detach(),
+                    "decov": terms.get("decov_loss", torch.zeros(())).detach()},
                    config["out"])
     ray.train.report({"done": 1})
 
@@ -92,10 +99,15 @@ def test_two_workers_match_one_process(ray_session, tmp_path, case):
                           rtol=1e-5, atol=1e-6)
     assert torch.allclose(got["l3"], ref["corr_loss_unlabelled"].detach(), rtol=1e-5, atol=1e-6)
     assert torch.allclose(got["l4"], ref["corr_loss_labelled"].detach(), rtol=1e-5, atol=1e-6)
+    if "decov_loss" in ref:  # tiny at initialisation: compare relatively, no absolute slack
+        assert torch.allclose(got["decov"], ref["decov_loss"].detach(), rtol=1e-4, atol=0)
     assert torch.allclose(got["grad"], ref_grad, rtol=1e-4, atol=1e-6), (got["grad"] - ref_grad).abs().max()
     # a per-worker (local half-batch) correlation is a different number: the test can tell them apart
     m2 = _model(cfg)
     half = step_terms(m2, FeatureTap(m2, cfg.method.layers_labelled + cfg.method.layers_unlabelled),
                       cfg.method, xs[:B // 2], ys[:B // 2], xu[:B // 2])
-    local = half["loss"].detach() - cfg.method.lambda2 * half["task_loss"].detach()
-    assert not torch.allclose(local, got["corr"], rtol=1e-3)
+    if "decov_loss" in half:
+        assert not torch.allclose(half["decov_loss"].detach(), got["decov"], rtol=1e-3, atol=0)
+    else:
+        local = half["loss"].detach() - cfg.method.lambda2 * half["task_loss"].detach()
+        assert not torch.allclose(local, got["corr"], rtol=1e-3)
