@@ -48,9 +48,9 @@ def _decorrelation() -> MethodSpec:
             "method.aggregation": {"choice": ["sq", "abs"]},
             "method.layers_unlabelled": {"choice": [["fc1"], ["conv2"], ["conv2", "fc1"]]},
             "method.variant": {"choice": ["A", "B"]},
-            "train.lr": {"loguniform": [0.01, 0.2]},
+            "train.lr": {"loguniform": [3e-4, 1e-2]},
         },
-        quick={"train": {"epochs": 3, "batch_size": 64}, "model": {"width": 16, "feature_dim": 64}},
+        quick={"train": {"epochs": 3, "batch_size": 32, "lr": 3e-3}, "model": {"width": 16, "feature_dim": 64}},
         summary_metrics=("source_acc", "target_acc", "target_val_acc", "mean_abs_corr_target",
                          "task_loss", "corr_loss_unlabelled"),
     )

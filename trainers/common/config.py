@@ -25,11 +25,11 @@ class Section(BaseModel):
 
 class TrainSection(Section):
     epochs: int = Field(12, ge=1, le=10_000, description="passes over the labelled training split")
-    batch_size: int = Field(128, ge=2, le=65_536, description="GLOBAL batch size, split evenly over workers")
-    lr: float = Field(0.05, gt=0, le=10.0, description="learning rate")
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0, le=1)
+    batch_size: int = Field(64, ge=2, le=65_536, description="GLOBAL batch size, split evenly over workers")
+    lr: float = Field(2e-3, gt=0, le=10.0, description="learning rate")
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0, le=1)
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on GPU; losses stay fp32")
     max_failures: int = Field(1, ge=-1, le=100, description="worker failures to recover from (Ray FailureConfig)")
     checkpoints_to_keep: int = Field(2, ge=1, le=1000)
@@ -61,7 +61,7 @@ class BaseRunConfig(Section):
         if b % n or b // n < 2:
             raise ValueError(
                 f"train.batch_size ({b}) must be a multiple of scaling.num_workers ({n}) with at least "
-                f"2 samples per worker; allowed: {', '.join(str(n * k) for k in (2, 16, 32, 64))}, ...")
+                f"2 samples per worker; allowed: a multiple of {n} that is >= {2 * n}")
         return self
 
 
