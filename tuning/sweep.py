@@ -18,6 +18,10 @@ from trainers import get_method
 from trainers.common.config import BaseRunConfig, ConfigError, build_config, dotted_to_nested, flatten
 from tuning.spaces import load_space, to_tune
 
+# The per-trial driver only launches a TorchTrainer and waits; Ray refuses a zero-resource trial,
+# so it holds a token CPU fraction (accounted for in the preflight resource check).
+TRIAL_DRIVER_CPU = 0.01
+
 
 @dataclass
 class SweepResult:
@@ -33,9 +37,17 @@ class SweepResult:
     trials: list[dict]
 
 
-def _trial(trial_params: dict, *, method: str, base: dict, parent_run_id: str, sweep_name: str) -> None:
-    """Per-trial driver (a Tune function trainable): one TorchTrainer run reporting to Tune."""
+def _trial(trial_params: dict, *, method: str, base: dict, parent_run_id: str, sweep_name: str,
+           env: dict[str, str]) -> None:
+    """Per-trial driver (a Tune function trainable): one TorchTrainer run reporting to Tune.
+
+    It runs in a Ray actor whose environment and working directory are not the CLI's, so the
+    tracking URI and storage root resolved by the sweep's driver are passed in explicitly."""
+    import os
+
     from ray import tune
+
+    os.environ.update(env)
     from ray.tune.integration.ray_train import TuneReportCallback
 
     spec = get_method(method)
@@ -63,7 +75,7 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
         raise ConfigError(f"--search: {search!r}; allowed: random, optuna")
     base = base_cfg.model_dump(mode="json")
     space = to_tune(load_space(space_file) if space_file else spec.search_space, spec.config_cls, base)
-    preflight(spec, base_cfg, concurrent=max_concurrent)
+    preflight(spec, base_cfg, concurrent=max_concurrent, overhead_cpus=TRIAL_DRIVER_CPU)
 
     sweep_name = unique_run_name(f"sweep-{method}")
     experiment = base_cfg.tracking.experiment or f"trainlab/{method}"
@@ -71,7 +83,9 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
         "method": method, "sweep": sweep_name, "kind": "sweep", "scheduler": scheduler, "search": search,
         "metric": spec.metric, "mode": spec.mode})
     epochs = base_cfg.train.epochs
-    sched = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=min(grace_period, epochs),
+    # max_t = epochs + 1: a trial that reaches its last epoch is not stopped by ASHA at its final
+    # report (which would kill it before its plots and model are logged); it ends by itself.
+    sched = (ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=min(grace_period, epochs),
                            reduction_factor=2)
              if scheduler == "asha" else FIFOScheduler())
     search_alg = None
@@ -79,9 +93,11 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=base_cfg.seed)
-    trainable = tune.with_parameters(_trial, method=method, base=base, parent_run_id=parent, sweep_name=sweep_name)
+    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "TRAINLAB_STORAGE": storage_root()}
+    trainable = tune.with_parameters(_trial, method=method, base=base, parent_run_id=parent, sweep_name=sweep_name,
+                                     env=env)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": 0}),
+        tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPU}),
         param_space=space,
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=num_samples,
                                     scheduler=sched, search_alg=search_alg, max_concurrent_trials=max_concurrent),
@@ -95,9 +111,11 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
     trials = []
     for r in grid:
         val = (r.metrics or {}).get(spec.metric)
-        trials.append({"params": {k: v for k, v in (r.config or {}).items()},
+        trials.append({"trial_id": (r.metrics or {}).get("trial_id"),
+                       "params": {k: v for k, v in (r.config or {}).items()},
                        spec.metric: val, "epochs": (r.metrics or {}).get("training_iteration"),
                        "error": str(r.error)[:300] if r.error else None})
+    _close_children(parent, sweep_name, trials, epochs)
     ok = [t for t in trials if t[spec.metric] is not None and not (isinstance(t[spec.metric], float) and math.isnan(t[spec.metric]))]
     if not ok:
         tracking.end_run(parent, "FAILED", {"error": "no trial reported " + spec.metric})
@@ -109,6 +127,27 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
     _log_parent(parent, spec, best, best_cfg, trials, early)
     return SweepResult(method, parent, experiment, best_cfg, best[spec.metric], spec.metric, spec.mode,
                        len(trials), early, trials)
+
+
+def _close_children(parent: str, sweep_name: str, trials: list[dict], epochs: int) -> None:
+    """A trial that ASHA stops is killed with its actor, before its driver can end its MLflow run:
+    Tune's verdict is final: a trial without an error is FINISHED (``tune_early_stopped=true`` when
+    it ran fewer epochs), one with an error FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri())
+    exp = client.get_run(parent).info.experiment_id
+    by_trial = {t["trial_id"]: t for t in trials if t.get("trial_id")}
+    children = client.search_runs([exp], filter_string=f"tags.sweep = '{sweep_name}'")
+    for run in children:
+        if run.info.run_id == parent or run.info.status == "FINISHED":
+            continue  # (a stopped trial's driver may also have marked its run KILLED/FAILED on the way out)
+        t = by_trial.get(run.data.tags.get("trial_id"), {})
+        if t.get("error"):
+            tracking.end_run(run.info.run_id, "FAILED", {"error": t["error"]})
+        else:
+            tracking.end_run(run.info.run_id, "FINISHED",
+                             {"tune_early_stopped": str((t.get("epochs") or 0) < epochs).lower()})
 
 
 def _log_parent(parent: str, spec, best: dict, best_cfg: dict, trials: list[dict], early: int) -> None:
