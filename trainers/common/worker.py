@@ -240,8 +240,9 @@ class Worker:
 
         model = getattr(model, "module", model)
         with mlflow.start_run(run_id=self.run["mlflow_run_id"]):
-            mlflow.pytorch.log_model(model.cpu().eval(), name="model",
-                                     input_example=example.cpu().numpy()[:2])
+            # explicit requirements: MLflow's inference re-imports the model in a subprocess (slow)
+            mlflow.pytorch.log_model(model.cpu().eval(), name="model", input_example=example.cpu().numpy()[:2],
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
 
 def make_optimizer(train_cfg, params) -> torch.optim.Optimizer:
