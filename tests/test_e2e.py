@@ -98,16 +98,20 @@ def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
     assert len({c.info.run_name for c in children}) == 3          # unique run names
-    assert all(c.info.status == "FINISHED" for c in children)
+    assert all(c.info.status == "FINISHED" for c in children)       # ASHA-stopped trials are closed too
+    assert all(c.data.tags.get("sweep") == parent.data.tags["sweep"] for c in children)
     best = max(c.data.metrics["target_val_acc"] for c in children)
     assert parent.data.metrics["best_target_val_acc"] == pytest.approx(best)
     assert parent.info.status == "FINISHED"
     assert "best_config.yaml" in _artifacts(parent.info.run_id)
+    full = [c for c in children if c.data.tags.get("tune_early_stopped") != "true"]
+    assert full and all("plots/loss_curves.png" in _artifacts(c.info.run_id) for c in full)
     assert any(k.startswith("best.") for k in parent.data.params)
 
 
 @pytest.mark.parametrize("args,fragment", [
-    (["run", "decorrelation", "--num-workers", "64"], "num_workers: 64 worker(s)"),
+    (["run", "decorrelation", "--num-workers", "16"], "num_workers: 16 worker(s)"),
+    (["run", "decorrelation", "--num-workers", "64"], "a multiple of 64"),
     (["run", "decorrelation", "--gpu"], "--gpu: the Ray cluster has no GPU"),
     (["run", "nosuch"], "unknown method 'nosuch'"),
     (["run", "decorrelation", "--set", "method.variant=Z"], "method.variant"),
