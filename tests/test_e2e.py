@@ -130,3 +130,34 @@ def test_bad_input_fails_fast_with_one_clear_message(ray_session, workdir, args,
     c = _client()
     exp = c.get_experiment_by_name("trainlab/decorrelation")
     assert exp is None or not c.search_runs([exp.experiment_id])
+
+
+@pytest.mark.parametrize("sets,stop_reason,recommends,epochs", [
+    (["method.completion_threshold=5.0"], "completion_threshold", False, 1),      # L2≈2.3, L3<1 at epoch 1
+    (["method.completion_threshold=1e-6", "method.plateau_patience=1"], "max_epochs", True, 2),
+])
+def test_completion_threshold_and_recommendations(ray_session, workdir, sets, stop_reason, recommends, epochs):
+    """S108: stop when the losses reach the threshold; otherwise recommend more data / new parameters."""
+    from pipelines.run import load_config, train
+
+    cfg = load_config("decorrelation", quick=True, sets=sets + ["train.epochs=2", "tracking.log_model=false"])
+    res = train("decorrelation", cfg)
+    run = _client().get_run(res.run_id)
+    assert run.data.tags["stop_reason"] == stop_reason
+    assert ("recommend increasing the amount of training data" in run.data.tags.get("recommendation", "")) == recommends
+    assert len(_client().get_metric_history(res.run_id, "train_loss")) == epochs
+
+
+def test_user_stop_file_ends_the_run_after_the_current_epoch(ray_session, workdir):
+    """The patent's end button: ``touch <storage>/<run name>/STOP``."""
+    from pipelines.run import load_config, storage_root, train
+
+    cfg = load_config("decorrelation", quick=True, sets=["train.epochs=3", "tracking.log_model=false"])
+    stop = workdir / "runs" / "stopped-run" / "STOP"
+    stop.parent.mkdir(parents=True)
+    stop.touch()
+    assert storage_root() == str(workdir / "runs")
+    res = train("decorrelation", cfg, run_name="stopped-run")
+    run = _client().get_run(res.run_id)
+    assert run.data.tags["stop_reason"] == "user_stop" and run.info.status == "FINISHED"
+    assert [m.step for m in _client().get_metric_history(res.run_id, "train_loss")] == [1]

@@ -184,6 +184,14 @@ class Worker:
             log.warning("restored from checkpoint %s at epoch %d", ckpt.path, state["epoch"])
         return state
 
+    def say(self, msg: str) -> None:
+        """A progress line from rank 0, shown once in the driver's console. (Ray Train patches
+        ``print`` to tee into its logger as well, which shows every line twice.)"""
+        if self.is_chief:
+            import sys
+
+            print(msg, file=sys.__stdout__, flush=True)
+
     def stop_requested(self) -> bool:
         """The user's stop request (``touch <stop_file>``), agreed on by all ranks."""
         path = self.run.get("stop_file")

@@ -144,12 +144,10 @@ def train_loop_per_worker(config: dict) -> None:
             active.append(metrics["corr_loss_labelled"])
         done = m.completion_threshold is not None and all(v <= m.completion_threshold for v in active)
         user_stop = w.stop_requested()
-        if w.is_chief:
-            print(f"[decorrelation] epoch {epoch}/{cfg.train.epochs} L={metrics['train_loss']:.4f} "
-                  f"L2={metrics['task_loss']:.4f} L3={metrics['corr_loss_unlabelled']:.4f} "
-                  f"L4={metrics['corr_loss_labelled']:.4f} source_acc={metrics['source_acc']:.3f} "
-                  f"target_acc={metrics['target_acc']:.3f} mean|r|={metrics['mean_abs_corr_target']:.3f}",
-                  flush=True)
+        w.say(f"[decorrelation] epoch {epoch}/{cfg.train.epochs} L={metrics['train_loss']:.4f} "
+              f"L2={metrics['task_loss']:.4f} L3={metrics['corr_loss_unlabelled']:.4f} "
+              f"L4={metrics['corr_loss_labelled']:.4f} source_acc={metrics['source_acc']:.3f} "
+              f"target_acc={metrics['target_acc']:.3f} mean|r|={metrics['mean_abs_corr_target']:.3f}")
         if (m.completion_threshold is not None and not done and not recommended
                 and _plateaued([h["train_loss"] for h in history], m.plateau_patience)):
             recommended = True
@@ -158,9 +156,8 @@ def train_loop_per_worker(config: dict) -> None:
                                   "optimizer": opt.state_dict(), "history": history,
                                   "corr_before": corr_before})
         if done or user_stop:
-            if w.is_chief:
-                print(f"[decorrelation] stopping at epoch {epoch}: "
-                      f"{'completion threshold reached' if done else 'stop requested by the user'}", flush=True)
+            w.say(f"[decorrelation] stopping at epoch {epoch}: "
+                  f"{'completion threshold reached' if done else 'stop requested by the user'}")
             w.set_tags({"stop_reason": "completion_threshold" if done else "user_stop"})
             break
     else:
@@ -184,9 +181,8 @@ def _plateaued(losses: list[float], patience: int) -> bool:
 
 
 def _recommend(w: Worker, why: str) -> None:
-    if w.is_chief:
-        for r in RECOMMENDATIONS:
-            print(f"[decorrelation] {why}: {r}", flush=True)
+    for r in RECOMMENDATIONS:
+        w.say(f"[decorrelation] {why}: {r}")
     w.set_tags({"recommendation": " | ".join(RECOMMENDATIONS), "recommendation_reason": why})
 
 
