@@ -159,8 +159,10 @@ def format_validation_error(cls: type[BaseModel], err: ValidationError) -> str:
 
 
 def build_config(cls: type[BaseRunConfig], *layers: dict | None) -> BaseRunConfig:
-    """Merge dict layers in order (later wins) and validate into ``cls``; raise :class:`ConfigError`."""
-    merged: dict = {}
+    """Merge dict layers over the class defaults (later wins) and validate into ``cls``; raise
+    :class:`ConfigError`. Starting from the defaults keeps a method's own section defaults (e.g. its
+    ``train.epochs``) when a layer sets only some keys of that section."""
+    merged: dict = cls().model_dump(mode="json")
     for layer in layers:
         if layer:
             merged = _merge(merged, layer)
