@@ -803,3 +803,16 @@ def build_domain_shift(cfg) -> DataBundle:
     d = cfg.data
     return load_domain_shift(d.source, seed=cfg.seed, image_size=d.image_size, shift=tuple(d.shift),
                              val_fraction=d.val_fraction, image_shape=d.image_shape)
+
+
+def build_classification(cfg) -> DataBundle:
+    """Registry hook for plain supervised methods: the same :class:`DataBundle`, with no domain shift.
+
+    Embedded: the digits at ``data.image_size``, split as in :func:`digits_split_indices` with no
+    shift applied, so ``source_train`` trains, ``source_val`` validates and ``target_test`` is a
+    held-out test set of clean digits (``target_train`` is unused). Parquet: the same schema and
+    rules as :func:`read_parquet` (source rows train/val, labelled target rows test).
+    """
+    d = cfg.data
+    return load_domain_shift(d.source, seed=cfg.seed, image_size=d.image_size, shift=(),
+                             val_fraction=d.val_fraction, image_shape=d.image_shape)

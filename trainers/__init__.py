@@ -56,8 +56,44 @@ def _decorrelation() -> MethodSpec:
     )
 
 
-_BUILDERS: dict[str, Callable[[], MethodSpec]] = {"decorrelation": _decorrelation}
-_SUMMARIES = {"decorrelation": ("JP7566705B2", "penalise inter-channel correlation of features of labelled and unlabelled data")}
+def _mixture_sparsity() -> MethodSpec:
+    from pipelines.data import build_classification
+    from trainers.mixture_sparsity.config import MixtureSparsityConfig
+    from trainers.mixture_sparsity.loop import check, train_loop_per_worker
+
+    return MethodSpec(
+        key="mixture_sparsity",
+        patent=_SUMMARIES["mixture_sparsity"][0],
+        summary=_SUMMARIES["mixture_sparsity"][1],
+        config_cls=MixtureSparsityConfig,
+        train_loop=train_loop_per_worker,
+        check=check,
+        build_data=build_classification,
+        train_split="source_train",
+        metric="val_acc",
+        mode="max",
+        search_space={
+            "method.lam": {"loguniform": [1e-3, 0.1]},
+            "method.weights": {"choice": [[0.3, 0.7], [0.5, 0.5], [0.7, 0.3], [0.9, 0.1]]},
+            "method.stds": {"choice": [[0.3, 0.5], [0.5, 0.5], [0.5, 1.0]]},
+            "method.means": {"choice": [[0.0, 2.0], [0.0, 2.5], [0.0, 3.0]]},
+            "method.family": {"choice": [["gaussian"], ["laplace"], ["laplace", "gaussian"]]},
+            "train.lr": {"loguniform": [3e-3, 3e-2]},
+        },
+        quick={"train": {"epochs": 5, "batch_size": 32, "lr": 1e-2}, "method": {"warmup_epochs": 3}},
+        summary_metrics=("val_acc", "test_acc", "pruned_fraction", "threshold", "params_before", "params_after",
+                         "acc_after_prune", "latency_ratio_b64"),
+        variant_field="regularizer",
+    )
+
+
+_BUILDERS: dict[str, Callable[[], MethodSpec]] = {"decorrelation": _decorrelation,
+                                                  "mixture_sparsity": _mixture_sparsity}
+_SUMMARIES = {
+    "decorrelation": ("JP7566705B2", "penalise inter-channel correlation of features of labelled and unlabelled data"),
+    "mixture_sparsity": ("JP7085158B2", "mixture-distribution penalty on row/column norms: controllable, "
+                                        "physical structured pruning"),
+}
 
 
 class UnknownMethodError(KeyError):
