@@ -1,6 +1,8 @@
 """``trainlab``: the command line. Every command has ``--help``; every bad input is one clear line."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import logging
 import os
 import sys
@@ -103,6 +105,8 @@ def run_cmd(
         res = train(method, cfg)
     except _user_errors() as e:
         _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - a failure inside Ray: its message, not a 200-line local dump
+        _fail(f"training failed ({type(e).__name__}); the MLflow run is marked FAILED:\n{e}", code=1)
     _run_summary(res, spec)
 
 
@@ -121,6 +125,8 @@ def sweep_cmd(
     quick: bool = typer.Option(False, "--quick", help="tiny base config"),
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed"),
     cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs per worker (> 0)"),
+    best_config: Optional[str] = typer.Option(None, "--best-config",
+                                              help="write the best trial's full config here (YAML for run --config)"),
 ) -> None:
     """Sweep a method's hyperparameters with Ray Tune; one MLflow parent run, one child run per trial."""
     from pipelines.run import load_config
@@ -133,6 +139,8 @@ def sweep_cmd(
                     max_concurrent=max_concurrent, space_file=space)
     except _user_errors() as e:
         _fail(str(e))
+    except Exception as e:  # noqa: BLE001 - a failure inside Ray: its message, not a 200-line local dump
+        _fail(f"training failed ({type(e).__name__}); the MLflow run is marked FAILED:\n{e}", code=1)
     t = Table(title=f"trainlab sweep {method} — {res.num_trials} trials ({res.num_terminated_early} stopped early)")
     t.add_column("trial")
     t.add_column(res.metric)
@@ -143,6 +151,12 @@ def sweep_cmd(
         t.add_row(str(i), f"{v:.4f}" if v is not None else "error", str(tr["epochs"]),
                   ", ".join(f"{k}={v}" for k, v in tr["params"].items()))
     console.print(t)
+    if best_config:
+        import yaml
+
+        Path(best_config).write_text(yaml.safe_dump(res.best_config, sort_keys=False))
+        console.print(f"best config written to {best_config} (trainlab run {method} --config {best_config})",
+                      highlight=False, soft_wrap=True)
     console.print(f"best {res.metric} = {res.best_metric:.4f}; parent MLflow run {res.parent_run_id} "
                   f"in experiment {res.experiment} at {tracking_uri()}", highlight=False, soft_wrap=True)
     console.print(f"look at it: [bold]{ui_hint()}[/]", highlight=False, soft_wrap=True)
@@ -163,6 +177,8 @@ def demo_cmd(
             res = train(key, load_config(key, quick=True))
         except _user_errors() as e:
             _fail(str(e))
+        except Exception as e:  # noqa: BLE001
+            _fail(f"training failed ({type(e).__name__}); the MLflow run is marked FAILED:\n{e}", code=1)
         _run_summary(res, spec)
     console.print("demo done. Compare runs in the MLflow UI (command above), then try "
                   "`trainlab sweep decorrelation --quick --num-samples 4`.", highlight=False, soft_wrap=True)
