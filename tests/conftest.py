@@ -22,3 +22,32 @@ def ray_session(tmp_path_factory):
     init_ray(num_cpus=TEST_CLUSTER_CPUS)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory with its own MLflow sqlite store and Ray Train storage."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("TRAINLAB_STORAGE", str(tmp_path / "runs"))
+    return tmp_path
+
+
+def mlflow_client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def mlflow_runs(experiment: str):
+    c = mlflow_client()
+    exp = c.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment}"
+    return c.search_runs([exp.experiment_id])
+
+
+def mlflow_artifacts(run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for f in mlflow_client().list_artifacts(run_id, path):
+        out.extend(mlflow_artifacts(run_id, f.path) if f.is_dir else [f.path])
+    return out

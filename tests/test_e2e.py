@@ -11,36 +11,20 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 
+from conftest import mlflow_artifacts, mlflow_client, mlflow_runs
+
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A fresh working directory with its own MLflow sqlite store and Ray storage."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("TRAINLAB_STORAGE", str(tmp_path / "runs"))
-    return tmp_path
-
-
 def _client():
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    return mlflow_client()
 
 
 def _runs(experiment="trainlab/decorrelation"):
-    c = _client()
-    exp = c.get_experiment_by_name(experiment)
-    assert exp is not None, f"no experiment {experiment}"
-    return c.search_runs([exp.experiment_id])
+    return mlflow_runs(experiment)
 
 
-def _artifacts(run_id, path=None):
-    out = []
-    for f in _client().list_artifacts(run_id, path):
-        out.extend(_artifacts(run_id, f.path) if f.is_dir else [f.path])
-    return out
+_artifacts = mlflow_artifacts
 
 
 def test_console_script_is_installed_and_helps():

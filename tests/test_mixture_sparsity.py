@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+
+from conftest import mlflow_artifacts, mlflow_client, mlflow_runs
 from pipelines.run import load_config
 from trainers.common.config import ConfigError
 from trainers.mixture_sparsity.loop import budget_tau, check
@@ -75,32 +77,11 @@ def test_budget_threshold_deletes_the_requested_share():
 
 # ------------------------------------------------------------------------------------------- e2e
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("TRAINLAB_STORAGE", str(tmp_path / "runs"))
-    return tmp_path
-
-
-def _client():
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-
-
 def _runs():
-    c = _client()
-    exp = c.get_experiment_by_name("trainlab/mixture_sparsity")
-    assert exp is not None
-    return c.search_runs([exp.experiment_id])
+    return mlflow_runs("trainlab/mixture_sparsity")
 
 
-def _artifacts(run_id, path=None):
-    out = []
-    for f in _client().list_artifacts(run_id, path):
-        out.extend(_artifacts(run_id, f.path) if f.is_dir else [f.path])
-    return out
+_client, _artifacts = mlflow_client, mlflow_artifacts
 
 
 @pytest.mark.e2e
