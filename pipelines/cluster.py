@@ -57,14 +57,12 @@ class ResourceRequest:
         return self.num_workers if self.use_gpu else 0
 
 
-def check_resources(req: ResourceRequest, concurrent: int = 1, resources: dict | None = None,
-                    overhead_cpus: float = 0.0) -> None:
-    """Raise :class:`ResourceError` when ``concurrent`` copies of ``req`` (each with ``overhead_cpus``
-    for its Tune trial driver) cannot fit the cluster."""
+def check_resources(req: ResourceRequest, concurrent: int = 1, resources: dict | None = None) -> None:
+    """Raise :class:`ResourceError` when ``concurrent`` copies of ``req`` cannot fit the cluster."""
     res = resources if resources is not None else dict(ray.cluster_resources())
     have_cpu = float(res.get("CPU", 0))
     have_gpu = float(res.get("GPU", 0))
-    need_cpu = (req.cpus + overhead_cpus) * concurrent
+    need_cpu = req.cpus * concurrent
     what = f"{concurrent} concurrent trial(s) × " if concurrent > 1 else ""
     if req.use_gpu and have_gpu < 1:
         raise ResourceError(
@@ -77,7 +75,7 @@ def check_resources(req: ResourceRequest, concurrent: int = 1, resources: dict |
             f"but the cluster has {have_gpu:g}; allowed: num_workers <= {int(have_gpu // concurrent)}."
         )
     if need_cpu > have_cpu + 1e-9:
-        max_workers = int((have_cpu / concurrent - req.data_cpus - overhead_cpus) // req.cpus_per_worker)
+        max_workers = int((have_cpu / concurrent - req.data_cpus) // req.cpus_per_worker)
         raise ResourceError(
             f"num_workers: {what}{req.num_workers} worker(s) × {req.cpus_per_worker:g} CPU + "
             f"{req.data_cpus:g} spare CPU for Ray Data = {need_cpu:g} CPUs, but the cluster has "

@@ -56,11 +56,10 @@ def resource_request(cfg: BaseRunConfig) -> ResourceRequest:
     return ResourceRequest(s.num_workers, s.cpus_per_worker, s.use_gpu, s.data_cpus)
 
 
-def preflight(spec: MethodSpec, cfg: BaseRunConfig, concurrent: int = 1, overhead_cpus: float = 0.0):
+def preflight(spec: MethodSpec, cfg: BaseRunConfig, concurrent: int = 1):
     """All checks that need no worker: resources, tracking store, data. Returns the DataBundle."""
     resources = init_ray()
-    check_resources(resource_request(cfg), concurrent=concurrent, resources=resources,
-                    overhead_cpus=overhead_cpus)
+    check_resources(resource_request(cfg), concurrent=concurrent, resources=resources)
     tracking.check_tracking(tracking.tracking_uri())
     bundle = spec.build_data(cfg)
     if spec.check is not None:

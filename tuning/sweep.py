@@ -18,9 +18,10 @@ from trainers import get_method
 from trainers.common.config import BaseRunConfig, ConfigError, build_config, dotted_to_nested, flatten
 from tuning.spaces import load_space, to_tune
 
-# The per-trial driver only launches a TorchTrainer and waits; Ray refuses a zero-resource trial,
-# so it holds a token CPU fraction (accounted for in the preflight resource check).
-TRIAL_DRIVER_CPU = 0.01
+# The per-trial driver only launches a TorchTrainer and waits: it takes no CPU (the trial's workers
+# and Ray Data's spare CPU are what preflight counts). Ray refuses a trial with no resource at all,
+# so it reserves the memory of one small Python process instead.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
 
 
 @dataclass
@@ -75,7 +76,7 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
         raise ConfigError(f"--search: {search!r}; allowed: random, optuna")
     base = base_cfg.model_dump(mode="json")
     space = to_tune(load_space(space_file) if space_file else spec.search_space, spec.config_cls, base)
-    preflight(spec, base_cfg, concurrent=max_concurrent, overhead_cpus=TRIAL_DRIVER_CPU)
+    preflight(spec, base_cfg, concurrent=max_concurrent)
 
     sweep_name = unique_run_name(f"sweep-{method}")
     experiment = base_cfg.tracking.experiment or f"trainlab/{method}"
@@ -97,7 +98,7 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
     trainable = tune.with_parameters(_trial, method=method, base=base, parent_run_id=parent, sweep_name=sweep_name,
                                      env=env)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPU}),
+        tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES),
         param_space=space,
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=num_samples,
                                     scheduler=sched, search_alg=search_alg, max_concurrent_trials=max_concurrent),
