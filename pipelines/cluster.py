@@ -34,7 +34,7 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> dict:
         else:
             if num_cpus is None and os.environ.get("TRAINLAB_RAY_CPUS"):
                 num_cpus = int(os.environ["TRAINLAB_RAY_CPUS"])
-            ray.init(num_cpus=num_cpus, log_to_driver=True,
+            ray.init(num_cpus=num_cpus, log_to_driver=True, dashboard_host="127.0.0.1",
                      configure_logging=True, logging_level=logging.WARNING)
     return dict(ray.cluster_resources())
 

@@ -136,3 +136,19 @@ def test_tiny_sweep_nests_trials(ray_session, workdir):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     assert parent.data.metrics["best_val_acc"] == pytest.approx(max(c.data.metrics["val_acc"] for c in children))
+
+
+def test_user_parquet_feature_vectors_feed_the_mlp(ray_session, tmp_path):
+    """User data for this method: parquet `features` + `label` (e.g. acoustic frames), read with Ray Data."""
+    from pipelines.data import build_classification, embedded_digits_shift, write_parquet
+
+    arrays = {k: (x.reshape(len(x), -1), y) for k, (x, y) in embedded_digits_shift(image_size=8, shift=()).items()}
+    path = tmp_path / "frames.parquet"
+    write_parquet(arrays, str(path))
+    cfg = load_config("mixture_sparsity", sets=[f"data.source={path}"])
+    bundle = build_classification(cfg)
+    assert bundle.input_shape == (64,) and bundle.num_classes == 10
+    assert bundle.sizes["source_train"] == len(arrays["source_train"][0])
+    check(cfg, bundle)
+    with pytest.raises(ValueError, match="model: .*cnn needs image inputs"):
+        check(load_config("mixture_sparsity", sets=[f"data.source={path}", "model.name=cnn"]), bundle)
