@@ -115,6 +115,8 @@ def sweep_cmd(
     method: str = typer.Argument(..., help="method key (see `trainlab methods`)"),
     num_samples: int = typer.Option(8, "--num-samples", help="trials (1..10000)"),
     scheduler: str = typer.Option("asha", "--scheduler", help="asha (early stopping) | fifo"),
+    grace_period: Optional[int] = typer.Option(None, "--grace-period",
+                                               help="ASHA: epochs before a trial can be stopped (default epochs/3)"),
     search: str = typer.Option("random", "--search", help="random | optuna (TPE)"),
     max_concurrent: int = typer.Option(1, "--max-concurrent", help="trials at once (>= 1)"),
     space: Optional[str] = typer.Option(None, "--space", help="YAML search space (default: the method's)"),
@@ -136,7 +138,7 @@ def sweep_cmd(
     try:
         cfg = load_config(method, config, set_, quick, _overrides(num_workers, gpu, seed, cpus_per_worker))
         res = sweep(method, cfg, num_samples=num_samples, scheduler=scheduler, search=search,
-                    max_concurrent=max_concurrent, space_file=space)
+                    max_concurrent=max_concurrent, space_file=space, grace_period=grace_period)
     except _user_errors() as e:
         _fail(str(e))
     except Exception as e:  # noqa: BLE001 - a failure inside Ray: its message, not a 200-line local dump

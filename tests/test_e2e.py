@@ -104,6 +104,7 @@ def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     (["run", "decorrelation", "--set", "data.source=/nonexistent/data.parquet"], "does not exist"),
     (["sweep", "decorrelation", "--max-concurrent", "8", "--num-workers", "2"], "concurrent trial"),
     (["sweep", "decorrelation", "--scheduler", "pbt"], "--scheduler"),
+    (["sweep", "decorrelation", "--grace-period", "50"], "--grace-period: 50; allowed: 1..12"),
 ])
 def test_bad_input_fails_fast_with_one_clear_message(ray_session, workdir, args, fragment):
     res = CliRunner().invoke(app, args)

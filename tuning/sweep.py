@@ -61,7 +61,7 @@ def _trial(trial_params: dict, *, method: str, base: dict, parent_run_id: str, s
 
 def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, scheduler: str = "asha",
           search: str = "random", max_concurrent: int = 2, space_file: str | None = None,
-          grace_period: int = 1) -> SweepResult:
+          grace_period: int | None = None) -> SweepResult:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -74,6 +74,12 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
         raise ConfigError(f"--scheduler: {scheduler!r}; allowed: asha, fifo")
     if search not in ("random", "optuna"):
         raise ConfigError(f"--search: {search!r}; allowed: random, optuna")
+    epochs = base_cfg.train.epochs
+    # ASHA compares trials first at grace_period epochs; too early and it keeps only the fastest
+    # starters (high lr), not the best finishers. Default: a third of the budget.
+    grace_period = max(1, epochs // 3) if grace_period is None else grace_period
+    if not 1 <= grace_period <= epochs:
+        raise ConfigError(f"--grace-period: {grace_period}; allowed: 1..{epochs} (train.epochs)")
     base = base_cfg.model_dump(mode="json")
     space = to_tune(load_space(space_file) if space_file else spec.search_space, spec.config_cls, base)
     preflight(spec, base_cfg, concurrent=max_concurrent)
@@ -83,10 +89,9 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
     parent = tracking.start_run(experiment, sweep_name, base, {
         "method": method, "sweep": sweep_name, "kind": "sweep", "scheduler": scheduler, "search": search,
         "metric": spec.metric, "mode": spec.mode})
-    epochs = base_cfg.train.epochs
     # max_t = epochs + 1: a trial that reaches its last epoch is not stopped by ASHA at its final
     # report (which would kill it before its plots and model are logged); it ends by itself.
-    sched = (ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=min(grace_period, epochs),
+    sched = (ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=grace_period,
                            reduction_factor=2)
              if scheduler == "asha" else FIFOScheduler())
     search_alg = None
