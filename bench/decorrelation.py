@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs for every arm")
     ap.add_argument("--arm", action="append", default=[], help="NAME=CONFIG.yaml: an extra arm")
     ap.add_argument("--set", action="append", default=[], help="dotted.key=value for every arm")
+    ap.add_argument("--only", default=None, help="comma-separated arms to run (supervised is always kept)")
+    ap.add_argument("--name", default="decorrelation", help="results file stem under bench/results/")
     args = ap.parse_args()
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     extra = {}
@@ -53,6 +55,9 @@ def main() -> None:
     common = list(args.set) + ["tracking.log_model=false"] + ([f"train.epochs={args.epochs}"] if args.epochs else [])
     arms = {name: (None, sets) for name, sets in ARMS.items()}
     arms.update(extra)
+    if args.only:
+        keep = {"supervised", *args.only.split(",")}
+        arms = {k: v for k, v in arms.items() if k in keep}
     rows: dict[str, list[dict]] = {}
     t0 = time.time()
     for seed in range(args.seeds):
@@ -89,7 +94,7 @@ def main() -> None:
                      f"{f('source_acc')} | {f('mean_abs_corr_target', 3)} |")
     lines += ["", f"Total wall time {time.time() - t0:.0f} s. Reproduce: `python bench/decorrelation.py "
               + " ".join(sys.argv[1:]) + "`", ""]
-    write("decorrelation", {"machine": machine_info(), "args": vars(args), "config": cfg0,
+    write(args.name, {"machine": machine_info(), "args": vars(args), "config": cfg0,
                             "summary": summary, "runs": rows}, "\n".join(lines))
 
 
