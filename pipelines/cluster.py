@@ -36,7 +36,21 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> dict:
                 num_cpus = int(os.environ["TRAINLAB_RAY_CPUS"])
             ray.init(num_cpus=num_cpus, log_to_driver=True, dashboard_host="127.0.0.1",
                      configure_logging=True, logging_level=logging.WARNING)
+    _quiet_ray_data()
     return dict(ray.cluster_resources())
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's per-dataset progress bars and "Starting execution" lines drown the epoch lines in a
+    terminal (every split is read once per worker); ``TRAINLAB_DATA_PROGRESS=1`` brings them back.
+    The DataContext travels with each dataset to the workers that execute it."""
+    if os.environ.get("TRAINLAB_DATA_PROGRESS") == "1":
+        return
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
 
 
 @dataclass(frozen=True)
