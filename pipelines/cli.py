@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import contextlib
 import logging
 import os
 import sys
@@ -31,6 +32,17 @@ def _user_errors():
     from trainers.common.config import ConfigError
 
     return (ConfigError, DataValidationError, ResourceError, TrackingError, UnknownMethodError, ValueError)
+
+
+@contextlib.contextmanager
+def _reported_errors():
+    """Bad input -> one line, exit 2; a failure inside Ray -> its message, exit 1 (no locals dump)."""
+    try:
+        yield
+    except _user_errors() as e:
+        _fail(str(e))
+    except Exception as e:  # noqa: BLE001
+        _fail(f"training failed ({type(e).__name__}); the MLflow run is marked FAILED:\n{e}", code=1)
 
 
 def _overrides(num_workers: Optional[int], gpu: bool, seed: Optional[int], cpus_per_worker: Optional[float]) -> dict:
@@ -94,7 +106,7 @@ def run_cmd(
     from pipelines.run import load_config, train
     from trainers import get_method
 
-    try:
+    with _reported_errors():
         spec = get_method(method)
         cfg = load_config(method, config, set_, quick, _overrides(num_workers, gpu, seed, cpus_per_worker))
         if print_config:
@@ -103,10 +115,6 @@ def run_cmd(
             console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False)
             return
         res = train(method, cfg)
-    except _user_errors() as e:
-        _fail(str(e))
-    except Exception as e:  # noqa: BLE001 - a failure inside Ray: its message, not a 200-line local dump
-        _fail(f"training failed ({type(e).__name__}); the MLflow run is marked FAILED:\n{e}", code=1)
     _run_summary(res, spec)
 
 
@@ -135,14 +143,10 @@ def sweep_cmd(
     from pipelines.tracking import ui_hint, tracking_uri
     from tuning.sweep import sweep
 
-    try:
+    with _reported_errors():
         cfg = load_config(method, config, set_, quick, _overrides(num_workers, gpu, seed, cpus_per_worker))
         res = sweep(method, cfg, num_samples=num_samples, scheduler=scheduler, search=search,
                     max_concurrent=max_concurrent, space_file=space, grace_period=grace_period)
-    except _user_errors() as e:
-        _fail(str(e))
-    except Exception as e:  # noqa: BLE001 - a failure inside Ray: its message, not a 200-line local dump
-        _fail(f"training failed ({type(e).__name__}); the MLflow run is marked FAILED:\n{e}", code=1)
     t = Table(title=f"trainlab sweep {method} — {res.num_trials} trials ({res.num_terminated_early} stopped early)")
     t.add_column("trial")
     t.add_column(res.metric)
@@ -174,13 +178,9 @@ def demo_cmd(
 
     for key in methods or method_keys():
         console.rule(f"demo: {key}")
-        try:
+        with _reported_errors():
             spec = get_method(key)
             res = train(key, load_config(key, quick=True))
-        except _user_errors() as e:
-            _fail(str(e))
-        except Exception as e:  # noqa: BLE001
-            _fail(f"training failed ({type(e).__name__}); the MLflow run is marked FAILED:\n{e}", code=1)
         _run_summary(res, spec)
     console.print("demo done. Compare runs in the MLflow UI (command above), then try "
                   "`trainlab sweep decorrelation --quick --num-samples 4`.", highlight=False, soft_wrap=True)

@@ -176,13 +176,18 @@ def _as_norms(norms: Tensor) -> Tensor:
     return _upcast(norms.flatten())
 
 
-def mixture_log_likelihood(norms: Tensor, weights, means, stds, family: str | Sequence[str] = "gaussian",
-                           sigma_is: str = "scale") -> Tensor:
-    """Per-group log Σ_j α_j p_j(w_g | μ_j, σ_j), shape (G,) (logsumexp over components)."""
+def _log_terms(norms, weights, means, stds, family, sigma_is: str) -> Tensor:
+    """Validated (G, m) matrix of log α_j + log p_j(w_g), in float64 and outside autocast."""
     a, mu, s, fams = _check_mixture(weights, means, stds, family, sigma_is)
     x = _as_norms(norms)
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return torch.logsumexp(_component_log_terms(x, a, mu, s, fams, sigma_is), dim=-1)
+        return _component_log_terms(x, a, mu, s, fams, sigma_is)
+
+
+def mixture_log_likelihood(norms: Tensor, weights, means, stds, family: str | Sequence[str] = "gaussian",
+                           sigma_is: str = "scale") -> Tensor:
+    """Per-group log Σ_j α_j p_j(w_g | μ_j, σ_j), shape (G,) (logsumexp over components)."""
+    return torch.logsumexp(_log_terms(norms, weights, means, stds, family, sigma_is), dim=-1)
 
 
 def mixture_penalty(norms: Tensor, weights, means, stds, family: str | Sequence[str] = "gaussian",
@@ -199,10 +204,7 @@ def mixture_penalty(norms: Tensor, weights, means, stds, family: str | Sequence[
 def responsibilities(norms: Tensor, weights, means, stds, family: str | Sequence[str] = "gaussian",
                      sigma_is: str = "scale") -> Tensor:
     """γ_j(w_g) = α_j p_j(w_g) / Σ_j' α_j' p_j'(w_g), shape (G, m): which component "owns" each group."""
-    a, mu, s, fams = _check_mixture(weights, means, stds, family, sigma_is)
-    x = _as_norms(norms)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        return torch.softmax(_component_log_terms(x, a, mu, s, fams, sigma_is), dim=-1)
+    return torch.softmax(_log_terms(norms, weights, means, stds, family, sigma_is), dim=-1)
 
 
 def gauss_laplace_penalty(norms: Tensor, gauss_weights, gauss_means, gauss_stds, laplace_weights,
