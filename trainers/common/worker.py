@@ -51,10 +51,14 @@ def gather_cat(t: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum a (non-differentiable) tensor over ranks; identity on a single worker."""
+    """Sum a (non-differentiable) tensor over ranks; identity on a single worker. The result is on
+    ``t``'s device; the collective runs where the backend needs it (NCCL: the GPU, gloo: the CPU)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
+        home = t.device
+        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = t.detach().to(on, copy=True)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t = t.to(home)
     return t
 
 

@@ -115,7 +115,7 @@ def train_loop_per_worker(config: dict) -> None:
     recommended = False
     for epoch in range(start, cfg.train.epochs + 1):
         model.train()
-        sums = torch.zeros(4, dtype=torch.float64)
+        sums = torch.zeros(4, dtype=torch.float64, device=w.device)  # on device: no host sync per step
         tgt_batches = tgt.epoch(epoch, w.steps_per_epoch) if tgt is not None else None
         for bs in src.epoch(epoch, w.steps_per_epoch):
             bu = next(tgt_batches) if tgt_batches is not None else None
@@ -123,11 +123,10 @@ def train_loop_per_worker(config: dict) -> None:
             opt.zero_grad(set_to_none=True)
             terms["loss"].backward()
             opt.step()
-            sums += torch.tensor([terms["loss"].item(), terms["task_loss"].item(),
-                                  terms["corr_loss_labelled"].item(), terms["corr_loss_unlabelled"].item()],
-                                 dtype=torch.float64)
+            sums += torch.stack([terms[k].detach().double() for k in
+                                 ("loss", "task_loss", "corr_loss_labelled", "corr_loss_unlabelled")])
         # the task loss is a per-worker mean: average over steps and ranks for the global mean
-        means = all_reduce_sum(sums) / (w.steps_per_epoch * w.world_size)
+        means = all_reduce_sum(sums).cpu() / (w.steps_per_epoch * w.world_size)
         metrics = dict(zip(("train_loss", "task_loss", "corr_loss_labelled", "corr_loss_unlabelled"),
                            means.tolist()))
         ev = {k: evaluate(w, model, tap, v, probe, m.reduction) for k, v in evals.items()}

@@ -141,7 +141,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     for epoch in range(start, cfg.train.epochs + 1):
         model.train()
-        sums = torch.zeros(3, dtype=torch.float64)
+        sums = torch.zeros(3, dtype=torch.float64, device=w.device)  # on device: no host sync per step
         for b in train.epoch(epoch, w.steps_per_epoch):
             with w.autocast():
                 logits = model(b["x"])
@@ -151,8 +151,8 @@ def train_loop_per_worker(config: dict) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sums += torch.tensor([loss.item(), task.item(), reg.item()], dtype=torch.float64)
-        means = all_reduce_sum(sums) / (w.steps_per_epoch * w.world_size)
+            sums += torch.stack([loss.detach().double(), task.detach().double(), reg.detach().double()])
+        means = all_reduce_sum(sums).cpu() / (w.steps_per_epoch * w.world_size)
         norms = exact_norms(base, spec)
         tau = tau_cfg if tau_cfg is not None else budget_tau(norms, m.budget)
         metrics = {"train_loss": means[0].item(), "task_loss": means[1].item(), "reg_loss": means[2].item(),
