@@ -79,6 +79,8 @@ def _run_summary(res, spec) -> None:
         if k in res.metrics:
             v = res.metrics[k]
             t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    if "calibration_parent_run_id" in res.metrics:
+        t.add_row("calibration parent run", res.metrics["calibration_parent_run_id"])
     t.add_row("MLflow run id", res.run_id)
     t.add_row("MLflow run name", res.run_name)
     t.add_row("experiment", res.experiment)
@@ -114,7 +116,12 @@ def run_cmd(
 
             console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False)
             return
-        res = train(method, cfg)
+        if cfg.budget_knob() is not None:  # a pruning budget to calibrate: several trainings, one parent run
+            from tuning.budget import calibrate
+
+            res = calibrate(method, cfg)
+        else:
+            res = train(method, cfg)
     _run_summary(res, spec)
 
 

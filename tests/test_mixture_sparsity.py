@@ -30,6 +30,11 @@ BAD = [
     (["method.lam=-1"], "method.lam", "greater than or equal to 0"),
     (["method.warmup_epochs=20"], "method.warmup_epochs", "allowed: 0..14"),
     (["model.act=tanh"], "model.act", "'sigmoid' or 'relu'"),
+    (["method.budget_unit=bytes"], "method.budget_unit", "'groups' or 'params'"),
+    (["method.budget=0.5", "method.regularizer=none"], "method.budget_search", "allowed: threshold"),
+    (["method.budget=0.5", "method.regularizer=group_lasso"], "method.threshold", "fixed deletion threshold"),
+    (["method.calibration_runs=1"], "method.calibration_runs", "greater than or equal to 2"),
+    (["method.calibration_tolerance=0"], "method.calibration_tolerance", "greater than 0"),
 ]
 
 
@@ -64,7 +69,46 @@ def test_driver_side_checks_name_the_field(sets, fragment):
 def test_a_single_component_prior_is_fine_with_an_explicit_threshold_or_budget():
     one = ["method.weights=[1.0]", "method.means=[0]", "method.stds=[0.5]"]
     check(load_config("mixture_sparsity", sets=one + ["method.threshold=0.1"]), DIGITS)
-    check(load_config("mixture_sparsity", sets=one + ["method.budget=0.3"]), DIGITS)
+    check(load_config("mixture_sparsity", sets=one + ["method.budget=0.3", "method.budget_search=threshold"]), DIGITS)
+    with pytest.raises(ValueError, match="method.budget_search: calibrate .* has none"):
+        check(load_config("mixture_sparsity", sets=one + ["method.budget=0.3"]), DIGITS)
+
+
+def test_the_budget_knob_moves_only_the_delete_weight_and_keeps_a_valid_mixture():
+    cfg = load_config("mixture_sparsity", sets=["method.budget=0.5", "method.weights=[0.6, 0.3, 0.1]",
+                                                "method.means=[0, 2, 3]", "method.stds=[0.5, 0.5, 0.5]"])
+    knob = cfg.budget_knob()
+    assert knob.name == "method.weights[0]" and knob.metric == "natural_pruned_fraction" and knob.target == 0.5
+    assert knob.shown(knob.start) == pytest.approx(0.6)
+    last = -1.0
+    for u in (knob.lo, -1.0, 0.0, 3.0, knob.hi):
+        w = knob.overrides(u)["method"]["weights"]
+        assert sum(w) == pytest.approx(1.0) and w[1] / w[2] == pytest.approx(3.0) and w[0] > last
+        last = w[0]
+        load_config("mixture_sparsity", sets=["method.means=[0, 2, 3]", "method.stds=[0.5, 0.5, 0.5]"],
+                    overrides=knob.overrides(u))  # every point of the search is a valid config
+    gl = load_config("mixture_sparsity", sets=["method.budget=0.5", "method.budget_unit=params",
+                                               "method.regularizer=group_lasso", "method.threshold=0.1"]).budget_knob()
+    assert gl.name == "method.lam" and gl.metric == "natural_params_removed_fraction"
+    assert gl.overrides(-2.0) == {"method": {"lam": pytest.approx(0.01)}}
+    assert load_config("mixture_sparsity", sets=["method.budget=0.5", "method.budget_search=threshold"]).budget_knob() is None
+    assert load_config("mixture_sparsity").budget_knob() is None
+
+
+def test_a_parameter_budget_removes_that_share_of_parameters():
+    """budget_unit=params: the smallest-norm groups whose physical removal comes closest to the share."""
+    import torch
+
+    from trainers.mixture_sparsity.loop import budget_threshold, exact_norms, params_removed
+    from trainers.mixture_sparsity.models import SigmoidMLP
+
+    torch.manual_seed(0)
+    model = SigmoidMLP(64, [128, 128], 10)
+    spec = [("fc0", "rows"), ("fc1", "rows")]
+    norms = exact_norms(model, spec)
+    for b in (0.2, 0.5, 0.8):
+        got = params_removed(model, spec, budget_threshold(model, spec, norms, b, "params"))
+        assert abs(got - b) < 0.01, (b, got)    # one fc0 row is 64+1+128 of ~26k parameters
 
 
 def test_budget_threshold_deletes_the_requested_share():
@@ -86,7 +130,8 @@ _client, _artifacts = mlflow_client, mlflow_artifacts
 
 @pytest.mark.e2e
 def test_quick_run_prunes_physically_and_logs_everything(ray_session, workdir):
-    res = CliRunner().invoke(app, ["run", "mixture_sparsity", "--quick", "--set", "method.budget=0.5"])
+    res = CliRunner().invoke(app, ["run", "mixture_sparsity", "--quick", "--set", "method.budget=0.5",
+                                   "--set", "method.budget_search=threshold"])
     assert res.exit_code == 0, res.output
     (run,) = _runs()
     assert run.info.status == "FINISHED"
@@ -124,6 +169,32 @@ def test_pruned_fraction_grows_with_the_delete_weight(ray_session, workdir):
                           sets=[f"method.weights=[{a0}, {round(1 - a0, 6)}]", "tracking.log_model=false"])
         fractions.append(train("mixture_sparsity", cfg).metrics["pruned_fraction"])
     assert fractions[0] < fractions[1], fractions
+
+
+@pytest.mark.e2e
+def test_budget_calibration_retrains_until_the_prior_deletes_the_budget(ray_session, workdir):
+    """Budget mode: trainlab bisects α0 over full trainings (nested MLflow runs) and the chosen run's
+    pruned model deletes exactly the budget."""
+    res = CliRunner().invoke(app, ["run", "mixture_sparsity", "--quick", "--set", "method.budget=0.4",
+                                   "--set", "method.calibration_runs=3", "--set", "method.calibration_tolerance=0.1",
+                                   "--set", "tracking.log_model=false"])
+    assert res.exit_code == 0, res.output
+    runs = _runs()
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "budget_calibration"]
+    children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+                      key=lambda r: int(r.data.tags["calibration_step"]))
+    pm = parent.data.metrics
+    assert parent.info.status == "FINISHED" and len(children) == pm["budget_calibration_runs"] <= 3
+    assert all(c.info.status == "FINISHED" and c.data.metrics["pruned_fraction"] == pytest.approx(0.4, abs=1 / 256)
+               for c in children)                       # every training prunes exactly the budget ...
+    natural = [c.data.metrics["natural_pruned_fraction"] for c in children]
+    chosen = next(c for c in children if c.info.run_id == parent.data.tags["chosen_run_id"])
+    assert pm["budget_natural_achieved"] == chosen.data.metrics["natural_pruned_fraction"]
+    assert abs(pm["budget_natural_achieved"] - 0.4) == pytest.approx(min(abs(n - 0.4) for n in natural))
+    assert pm["budget_converged"] == float(abs(pm["budget_natural_achieved"] - 0.4) <= 0.1)
+    a0 = [float(c.data.params["method.weights"].strip("[]").split(",")[0]) for c in children]
+    assert a0[0] == pytest.approx(0.7) and len(set(a0)) == len(a0)   # starts at the user's α0, then moves
+    assert "calibration parent run" in res.output
 
 
 @pytest.mark.e2e

@@ -81,8 +81,10 @@ def _mixture_sparsity() -> MethodSpec:
             "train.lr": {"loguniform": [3e-3, 3e-2]},
         },
         quick={"train": {"epochs": 5, "batch_size": 32, "lr": 1e-2}, "method": {"warmup_epochs": 3}},
-        summary_metrics=("val_acc", "test_acc", "pruned_fraction", "threshold", "params_before", "params_after",
-                         "acc_after_prune", "latency_ratio_b64"),
+        summary_metrics=("val_acc", "test_acc", "pruned_fraction", "params_removed_fraction", "threshold",
+                         "params_before", "params_after", "acc_after_prune", "latency_ratio_b64",
+                         "natural_pruned_fraction", "budget_target", "budget_natural_achieved", "budget_knob_value",
+                         "budget_calibration_runs"),
         variant_field="regularizer",
     )
 

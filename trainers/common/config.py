@@ -8,8 +8,9 @@ error is reported as ``<dotted.field>: <what is wrong> (allowed: ...)`` before a
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -47,6 +48,24 @@ class TrackingSection(Section):
     log_model: bool = True
 
 
+@dataclass(frozen=True)
+class Knob:
+    """A config value that budget calibration (``tuning.budget``) turns, in a search coordinate ``u``.
+
+    ``metric`` must grow (weakly) with ``u``; ``overrides(u)`` is the config layer that sets it;
+    ``shown(u)`` is the value in the config's own units (for logs)."""
+    name: str
+    lo: float
+    hi: float
+    start: float
+    overrides: Callable[[float], dict]
+    metric: str
+    target: float
+    tolerance: float
+    max_runs: int
+    shown: Callable[[float], float]
+
+
 class BaseRunConfig(Section):
     """Sections every method has. Methods subclass this and add ``data``, ``model``, ``method``."""
 
@@ -63,6 +82,10 @@ class BaseRunConfig(Section):
                 f"train.batch_size ({b}) must be a multiple of scaling.num_workers ({n}) with at least "
                 f"2 samples per worker; allowed: a multiple of {n} that is >= {2 * n}")
         return self
+
+    def budget_knob(self) -> Knob | None:
+        """Methods with a budget mode return what calibration turns (see :class:`Knob`); others None."""
+        return None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ One step: E = cross-entropy of the softmax output (eq. 3); the group parameters 
 group-lasso / L2 baselines, or none); L = E + λ·R. The regulariser depends only on the parameters,
 which DDP keeps identical on every rank, so it needs no collective.
 
-After training: the deletion threshold τ (configured, or the delete/keep boundary of the mixture, or
-the quantile that hits ``method.budget``), groups with ‖w_g‖ < τ are removed physically
+After training: the deletion threshold τ (the one that hits ``method.budget`` — a share of groups or
+of parameters — else the configured one, else the delete/keep boundary of the mixture), groups with ‖w_g‖ < τ are removed physically
 (:func:`prune_model`: a smaller ``nn.Module`` with constants folded), and the run reports parameters,
 MACs, accuracy after pruning, the pruned-vs-masked output difference and measured latency ratios.
 """
@@ -44,15 +44,53 @@ def mixture_tau(m) -> float:
     return mixture_threshold(m.weights, m.means, m.stds, m.family_arg())
 
 
-def budget_tau(norms: torch.Tensor, budget: float) -> float:
-    """The threshold that deletes round(budget·G) of the G groups (midway between neighbouring norms)."""
-    s = torch.sort(norms.detach().double().flatten()).values
-    k = int(round(budget * len(s)))
+def _tau_deleting(sorted_norms: torch.Tensor, k: int) -> float:
+    """A threshold below which exactly the k smallest of the sorted norms lie (midway between neighbours)."""
+    s = sorted_norms
     if k <= 0:
         return float(s[0]) / 2
     if k >= len(s):
         return float(s[-1]) * 2 + 1e-12
     return float((s[k - 1] + s[k]) / 2)
+
+
+def budget_tau(norms: torch.Tensor, budget: float) -> float:
+    """The threshold that deletes round(budget·G) of the G groups."""
+    s = torch.sort(norms.detach().double().flatten()).values
+    return _tau_deleting(s, int(round(budget * len(s))))
+
+
+def params_removed(model, spec, tau: float) -> float:
+    """Share of the model's parameters that physical pruning at τ removes (dependent layers included)."""
+    return 1.0 - count_params(prune_model(model, threshold_masks(model, spec, tau))) / count_params(model)
+
+
+def budget_threshold(model, spec, norms: torch.Tensor, budget: float, unit: str = "groups") -> float:
+    """τ for ``method.budget``: a share of the groups, or of the parameters (the smallest-norm groups
+    whose removal comes closest to budget·params; a binary search over how many groups go)."""
+    if unit == "groups":
+        return budget_tau(norms, budget)
+    s = torch.sort(norms.detach().double().flatten()).values
+    lo, hi = 0, len(s)  # removed(k) grows with k: find the first k with removed(k) >= budget
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if params_removed(model, spec, _tau_deleting(s, mid)) >= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    best = min({max(lo - 1, 0), min(lo, len(s))},
+               key=lambda k: abs(params_removed(model, spec, _tau_deleting(s, k)) - budget))
+    return _tau_deleting(s, best)
+
+
+def natural_tau(m) -> float | None:
+    """τ without the budget (configured, or the mixture boundary); None when the prior has none."""
+    if m.threshold is None and m.regularizer != "mixture":
+        return None
+    try:
+        return mixture_tau(m)
+    except ValueError:
+        return None
 
 
 def exact_norms(model, spec) -> torch.Tensor:
@@ -83,6 +121,10 @@ def check(cfg: MixtureSparsityConfig, bundle) -> None:
         except ValueError as e:
             raise ValueError(f"method.threshold: no default from the mixture ({e}); set method.threshold "
                              "or method.budget, or give the mixture a 'keep' component with a larger mean") from None
+    if cfg.budget_knob() is not None and natural_tau(m) is None:
+        raise ValueError("method.budget_search: calibrate steers the share the prior deletes at its delete/keep "
+                         "boundary, and this mixture has none; allowed: set method.threshold, or "
+                         "method.budget_search=threshold")
 
 
 @torch.no_grad()
@@ -127,7 +169,7 @@ def train_loop_per_worker(config: dict) -> None:
     train = w.loader("source_train")
     evals = {"val": w.loader("source_val", 1024), "test": w.loader("target_test", 1024)}
     family = m.family_arg()
-    tau_cfg = mixture_tau(m) if (m.threshold is not None or m.budget is None) else None
+    tau_cfg = None if m.budget is not None else mixture_tau(m)  # a budget decides τ; else threshold/boundary
 
     history: list[dict] = []
     start = 1
@@ -154,7 +196,7 @@ def train_loop_per_worker(config: dict) -> None:
             sums += torch.stack([loss.detach().double(), task.detach().double(), reg.detach().double()])
         means = all_reduce_sum(sums).cpu() / (w.steps_per_epoch * w.world_size)
         norms = exact_norms(base, spec)
-        tau = tau_cfg if tau_cfg is not None else budget_tau(norms, m.budget)
+        tau = tau_cfg if tau_cfg is not None else budget_threshold(base, spec, norms, m.budget, m.budget_unit)
         metrics = {"train_loss": means[0].item(), "task_loss": means[1].item(), "reg_loss": means[2].item(),
                    "val_acc": accuracy(w, model, evals["val"]), "test_acc": accuracy(w, model, evals["test"]),
                    "pruned_fraction": (norms < tau).double().mean().item(), "threshold": tau}
@@ -191,6 +233,12 @@ def _prune_and_measure(w: Worker, dense, spec, tau: float, test_loader, input_sh
         "max_abs_diff_pruned_vs_masked": diff,
     }
     out["params_ratio"] = out["params_after"] / out["params_before"]
+    out["params_removed_fraction"] = 1.0 - out["params_ratio"]
+    tau_n = natural_tau(m)
+    if tau_n is not None:  # what the prior deleted by itself: budget calibration steers this
+        out["natural_threshold"] = tau_n
+        out["natural_pruned_fraction"] = float((norms < tau_n).double().mean().item())
+        out["natural_params_removed_fraction"] = params_removed(dense, spec, tau_n)
     if w.is_chief:
         for bsz in m.latency_batches:
             t_dense, t_pruned = latency_ms(dense, input_shape, bsz), latency_ms(pruned, input_shape, bsz)
@@ -201,8 +249,9 @@ def _prune_and_measure(w: Worker, dense, spec, tau: float, test_loader, input_sh
               f"(τ={tau:.3g}): params {int(out['params_before'])} -> {int(out['params_after'])}, "
               f"test acc {out['acc_before_prune']:.4f} -> {out['acc_after_prune']:.4f}, "
               f"|pruned - masked| = {diff:.2e}")
-        w.set_tags({"budget": str(m.budget), "threshold_rule": "budget" if m.budget is not None and m.threshold
-                    is None else ("configured" if m.threshold is not None else "mixture_boundary")})
+        w.set_tags({"budget": str(m.budget), "budget_unit": m.budget_unit,
+                    "threshold_rule": "budget" if m.budget is not None else
+                    ("configured" if m.threshold is not None else "mixture_boundary")})
         _log_histogram(w, m, norms_before, norms.cpu().numpy(), tau)
         w.log_model(pruned, probe[:2])
     dense.train()
