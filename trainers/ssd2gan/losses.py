@@ -1,0 +1,630 @@
+"""Pure-PyTorch math of the ``ssd2gan`` method (JP7464138B2; spec ``shared/methods/ssd2gan.md``).
+
+No Ray and no MLflow here: transforms, losses and metrics used by the training loop on every worker, and
+unit-tested on their own (``tests/test_ssd2gan_losses.py``).
+
+Frequency transform F (spec §2.1, §3, §8.2 tests 1–5; :func:`freq`)
+    ``"dct2"`` (default, the patent's experiments): orthonormal 2-D DCT-II over the last two dims,
+        X = C_H · x · C_Wᵀ,  C_N[k, m] = s_k cos(π (2m + 1) k / (2N)),  s_0 = √(1/N), s_k = √(2/N) (k ≥ 1)
+        (:func:`dct2`; the inverse is x = C_Hᵀ · X · C_W, :func:`idct2`). Same as
+        ``scipy.fft.dctn(x, axes=(-2, -1), norm="ortho")``. Implemented as two matmuls with a cached
+        orthonormal DCT matrix (:func:`dct_matrix`): differentiable, batched, CPU and GPU. Shape-preserving
+        and a bijection with ‖F(x)‖ = ‖x‖ (Parseval).
+    ``"dft2"``: the orthonormal 2-D DFT  F(u, v) = (HW)^{-1/2} Σ_{m,n} x[m, n] e^{−2πi(um/H + vn/W)}
+        (``torch.fft.fft2(norm="ortho")``), no fftshift (DC at index [0, 0]), presented to Df as a REAL
+        tensor in one of the documented representations (:func:`dft2`, spec §3/§9.5 [IMPL-CHOICE]):
+          * ``"reim"`` (default): real and imaginary parts concatenated on the channel axis (dim −3):
+            (..., C, H, W) → (..., 2C, H, W), channels [Re c_0 … Re c_{C−1}, Im c_0 … Im c_{C−1}];
+            a 2-D input (H, W) is treated as one channel → (2, H, W). Injective and norm-preserving
+            (Σ Re² + Im² = Σ x²), so the bijection argument of spec §2.2 holds; redundant (Hermitian symmetry).
+          * ``"hartley"``: Re F − Im F, the orthonormal discrete Hartley transform
+            H(u, v) = (HW)^{-1/2} Σ x[m, n] cas(2π(um/H + vn/W)), cas θ = cos θ + sin θ. Real, shape-preserving,
+            orthonormal and its own inverse (a bijection with no redundancy).
+          * ``"magnitude"``: |F|, shape-preserving. NOT invertible (loses the phase; breaks the bijection
+            argument of spec §2.2); offered for ablations only.
+        :func:`idft2` inverts ``"reim"`` and ``"hartley"``.
+    All transforms run in at least float32 with autocast disabled (float64 stays float64); integer inputs
+    are converted to float32.
+
+Adversarial losses (spec §2.2–§2.3, Eq. (1)/(2) [RECON]; :func:`g_loss_terms`, :func:`g_loss`, :func:`d_loss`)
+    Ds and Df return LOGITS l; the probability is D = σ(l), and every log is evaluated stably:
+        log σ(l) = −softplus(−l),   log(1 − σ(l)) = −softplus(l)          (BCE-with-logits, spec §5)
+    ``loss_type="log"`` (default; the patent's Eq. (1), saturating minimax form):
+        l_Gs = mean_i log(1 − Ds(G(z_i)))      l_Gf = mean_i log(1 − Df(F(G(z_i))))     (terms 2 and 4)
+        L_D  = −mean_i log D(real_i) − mean_i log(1 − D(fake_i))                          (per discriminator)
+    ``loss_type="ns"`` (non-saturating, [IMPL-CHOICE]): l_Gs = −mean log Ds(G(z)), l_Gf = −mean log Df(F(G(z)));
+        the discriminator losses are the same BCE as "log".
+    ``loss_type="hinge"`` ([EXT], SNGAN's original loss): l_G· = −mean l(fake);
+        L_D = mean relu(1 − l(real)) + mean relu(1 + l(fake)).
+    Eq. (2):  L_G = α · l_Gs + (1 − α) · l_Gf, 0 < α < 1 (α = 0.8 in the experiments);
+    ``alpha=None`` is V0/V2 (no trade-off): L_G = l_Gs + l_Gf (= 2 × L_G at α = 0.5).
+    Eq. (1) value: V = mean log Ds(x) + mean log(1 − Ds(G(z))) + mean log Df(F(x)) + mean log(1 − Df(F(G(z))))
+        (:func:`value_function`; the discriminators minimise −V split per network, G minimises terms 2 + 4).
+
+Consistency loss "SSCR" (spec §2.4, Eq. (3) [RECON]; :func:`consistency`, :func:`discriminator_losses`)
+    L_cons = Σ_{set ∈ on} reduce_i ‖ φ(Ds(u_i)) − stop_grad(φ(Df(F(u_i)))) ‖
+    L_Ds_total = L_Ds_GAN + λc · L_cons   (Df's update uses L_Df_GAN only: S110)
+    Defaults chosen where the patent is silent (spec §2.4 open details 1–5, §9.3):
+      * samples ``on="both"``: real and fake; the two per-set terms are SUMMED (spec §5 pseudo-code);
+      * norm ``"sq"``: squared L2 over a sample's output dims ("l2" = unsquared, "l1" also offered);
+      * reduction ``"mean"`` over the batch ("sum" multiplies the effective λc by B);
+      * space ``"prob"``: φ = σ (the patent's discriminators output probabilities); "logit": φ = identity;
+      * Df's output is DETACHED (a target for Ds), so L_cons sends no gradient to Df (``detach_df=True``);
+      * "L_c" of Eq. (3) is read as Ds's total loss (reading (b)); the numbers are the same under (a).
+      * λc = 0 returns L_Ds_GAN itself (bit-identical to V0); L_cons is then a detached diagnostic.
+
+Baselines (spec §3, §7.2; :func:`durall_spectral_loss`, :func:`freq_mse_loss`)
+    "CVPR20" (Durall et al. 2020 [EXT]): per image, the channel mean g; P = |DFT_ortho(g)|², fftshift;
+        the 1-D azimuthal power spectrum S[k] = mean of P over the pixels whose distance from the centre
+        (H//2, W//2) satisfies floor(r) = k, k = 0 … floor(r_max) (:func:`azimuthal_power_spectrum`);
+        s = log(S + eps), min–max normalised to [0, 1] per image (:func:`normalized_azimuthal_spectrum`);
+        loss = BCE(s_fake_i, mean_j s_real_j), averaged over fake images and bins (added to G's loss).
+    "FreqMSE" (spec §3 "treat as unspecified"; [EXT] F-Match reading): the MSE over coefficients between a
+        batch statistic of DCT2(fake) and of DCT2(real); ``stat="mean"`` (default) the batch means of the
+        coefficients (note: by linearity and orthonormality this EQUALS the MSE between the spatial mean
+        images), ``"abs"`` the batch mean of |coefficient|, ``"power"`` the batch mean of coefficient².
+
+Metrics (spec §7, §8.1; :func:`frechet_distance`, :func:`spectral_error`)
+    Fréchet distance of Gaussians fitted to two feature sets (FID when the features are Inception's):
+        FD = ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2}),  covariances unbiased (ddof = 1, as np.cov),
+        Tr (Σ1 Σ2)^{1/2} = Σ_i √λ_i(Σ1^{1/2} Σ2 Σ1^{1/2}) = the nuclear norm (sum of singular values) of
+        Σ1^{1/2} Σ2^{1/2}, with the PSD square roots from symmetric eigendecompositions (tiny negative
+        eigenvalues from round-off clipped to 0); float64 throughout; the result is clipped at 0.
+    Spectral error between average power spectra (:func:`average_power_spectrum`):
+        P̄ = mean over samples and channels of the power |F(x)|² (``kind="dft2"``, default, orthonormal DFT;
+        or coefficient² of the orthonormal DCT with ``kind="dct2"``);
+        err_band = mean_{(u,v) ∈ band} | ln(P̄_real(u,v) + eps) − ln(P̄_fake(u,v) + eps) |  (natural log)
+        "total" = all frequencies; "high" = the high band  ρ(u, v) ≥ high_cut (default 0.5), where ρ is the
+        radial frequency in units of the Nyquist frequency (:func:`frequency_radius`):
+          dft2: ρ = √(f_u² + f_v²) / 0.5 with f = fftfreq(N) cycles/pixel (so ρ = 1 at the axis Nyquist);
+          dct2: ρ = √((k/H)² + (l/W)²) (DCT index k is k/(2N) cycles/pixel).
+        I.e. the high band is everything above half the Nyquist frequency radially.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+FREQ_KINDS = ("dct2", "dft2")
+DFT_MODES = ("reim", "hartley", "magnitude")
+INVERTIBLE_DFT_MODES = ("reim", "hartley")
+LOSS_TYPES = ("log", "ns", "hinge")
+CONS_ON = ("both", "real", "fake")
+CONS_NORMS = ("sq", "l2", "l1")
+CONS_REDUCTIONS = ("mean", "sum")
+CONS_SPACES = ("prob", "logit")
+FREQMSE_STATS = ("mean", "abs", "power")
+SPECTRUM_NORMS = ("minmax", "none")
+
+
+def _allowed(name: str, value, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}: unknown value {value!r}; allowed values: {', '.join(allowed)}")
+
+
+def _float_tensor(x, name: str) -> Tensor:
+    """x as a real floating tensor of at least float32 (float64 stays float64)."""
+    x = torch.as_tensor(x)
+    if x.is_complex():
+        raise ValueError(f"{name}: must be a real tensor, got dtype {x.dtype}")
+    if x.dtype != torch.float64:
+        x = x.float()
+    return x
+
+
+def _check_2d(x: Tensor, name: str) -> None:
+    if x.dim() < 2:
+        raise ValueError(f"{name}: needs at least 2 dims (..., H, W), got shape {tuple(x.shape)}")
+    if x.shape[-1] < 1 or x.shape[-2] < 1:
+        raise ValueError(f"{name}: H and W must be >= 1, got shape {tuple(x.shape)}")
+
+
+# --------------------------------------------------------------------------- DCT-II (orthonormal)
+
+@functools.lru_cache(maxsize=64)
+def _dct_matrix_cached(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    k = np.arange(n, dtype=np.float64)[:, None]
+    m = np.arange(n, dtype=np.float64)[None, :]
+    c = np.cos(np.pi * (2.0 * m + 1.0) * k / (2.0 * n)) * math.sqrt(2.0 / n)
+    c[0, :] = math.sqrt(1.0 / n)
+    return torch.from_numpy(c).to(device=device, dtype=dtype)
+
+
+def dct_matrix(n: int, dtype: torch.dtype = torch.float64, device=None) -> Tensor:
+    """Orthonormal DCT-II matrix C_N (N × N): C[k, m] = s_k cos(π(2m+1)k/(2N)), s_0 = √(1/N), s_k = √(2/N).
+
+    C Cᵀ = I. Built in float64 and cached per (N, dtype, device); the returned tensor is shared, do not
+    modify it in place."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: the DCT size must be an integer >= 1, got {n!r}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return _dct_matrix_cached(int(n), dtype, device)
+
+
+def dct2(x: Tensor) -> Tensor:
+    """Orthonormal 2-D DCT-II over the last two dims (spec §3 default F; §8.2 test 1).
+
+    X = C_H · x · C_Wᵀ for x of shape (..., H, W); equals ``scipy.fft.dctn(x, axes=(-2, -1), norm="ortho")``.
+    Shape-preserving, differentiable, any leading (batch/channel) dims."""
+    x = _float_tensor(x, "x")
+    _check_2d(x, "x")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        ch = dct_matrix(x.shape[-2], x.dtype, x.device)
+        cw = dct_matrix(x.shape[-1], x.dtype, x.device)
+        return torch.matmul(torch.matmul(ch, x), cw.transpose(0, 1))
+
+
+def idct2(x: Tensor) -> Tensor:
+    """Inverse of :func:`dct2` (orthonormal DCT-III): x = C_Hᵀ · X · C_W; equals
+    ``scipy.fft.idctn(X, axes=(-2, -1), norm="ortho")``."""
+    x = _float_tensor(x, "x")
+    _check_2d(x, "x")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        ch = dct_matrix(x.shape[-2], x.dtype, x.device)
+        cw = dct_matrix(x.shape[-1], x.dtype, x.device)
+        return torch.matmul(torch.matmul(ch.transpose(0, 1), x), cw)
+
+
+# --------------------------------------------------------------------------- DFT with a real representation
+
+def dft2(x: Tensor, mode: str = "reim") -> Tensor:
+    """Orthonormal 2-D DFT of the last two dims in a real representation (spec §3, §9.5 [IMPL-CHOICE]).
+
+    ``mode="reim"``: (..., C, H, W) → (..., 2C, H, W) = cat([Re F, Im F], dim=−3); a 2-D (H, W) input → (2, H, W).
+    ``mode="hartley"``: Re F − Im F (the orthonormal discrete Hartley transform), shape-preserving.
+    ``mode="magnitude"``: |F|, shape-preserving, not invertible.
+    No fftshift: the DC term is at index [0, 0]."""
+    _allowed("mode", mode, DFT_MODES)
+    x = _float_tensor(x, "x")
+    _check_2d(x, "x")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        z = torch.fft.fft2(x, norm="ortho")
+        if mode == "hartley":
+            return z.real - z.imag
+        if mode == "magnitude":
+            return z.abs()
+        if x.dim() == 2:
+            return torch.stack([z.real, z.imag], dim=0)
+        return torch.cat([z.real, z.imag], dim=-3)
+
+
+def idft2(y: Tensor, mode: str = "reim") -> Tensor:
+    """Inverse of :func:`dft2` for the invertible representations ("reim", "hartley"): the real image x.
+
+    "reim": (..., 2C, H, W) → (..., C, H, W) (real part of the inverse DFT of Re + i·Im; the (2, H, W)
+    representation of an (H, W) image gives (1, H, W)). "hartley": the Hartley transform is its own inverse."""
+    if mode == "magnitude":
+        raise ValueError("mode: 'magnitude' is not invertible (the phase is lost); "
+                         f"allowed values: {', '.join(INVERTIBLE_DFT_MODES)}")
+    _allowed("mode", mode, INVERTIBLE_DFT_MODES)
+    y = _float_tensor(y, "y")
+    _check_2d(y, "y")
+    with torch.autocast(device_type=y.device.type, enabled=False):
+        if mode == "hartley":
+            z = torch.fft.fft2(y, norm="ortho")
+            return z.real - z.imag
+        if y.dim() < 3 or y.shape[-3] % 2:
+            raise ValueError(f"y: a 'reim' representation needs an even channel axis (dim -3) holding "
+                             f"[Re, Im], got shape {tuple(y.shape)}")
+        c = y.shape[-3] // 2
+        z = torch.complex(y[..., :c, :, :], y[..., c:, :, :])
+        return torch.fft.ifft2(z, norm="ortho").real
+
+
+def freq(x: Tensor, kind: str = "dct2", dft_mode: str = "reim") -> Tensor:
+    """The frequency transform F of the method (spec §2.1 F, §8.1 ``freq(x, kind)``): ``"dct2"`` →
+    :func:`dct2` (default, shape-preserving); ``"dft2"`` → :func:`dft2` with ``dft_mode``."""
+    _allowed("kind", kind, FREQ_KINDS)
+    if kind == "dct2":
+        return dct2(x)
+    return dft2(x, dft_mode)
+
+
+def freq_channels(channels: int, kind: str = "dct2", dft_mode: str = "reim") -> int:
+    """Channel count of F's output for a C-channel image: 2C for ``dft2``/"reim", C otherwise."""
+    _allowed("kind", kind, FREQ_KINDS)
+    if kind == "dft2":
+        _allowed("dft_mode", dft_mode, DFT_MODES)
+    if not isinstance(channels, (int, np.integer)) or channels < 1:
+        raise ValueError(f"channels: must be an integer >= 1, got {channels!r}")
+    return 2 * int(channels) if (kind == "dft2" and dft_mode == "reim") else int(channels)
+
+
+# --------------------------------------------------------------------------- adversarial losses (Eq. 1, 2)
+
+def log_sigmoid(logits: Tensor) -> Tensor:
+    """log σ(l) = −softplus(−l), stable for any l (log of the probability "real")."""
+    return -F.softplus(-logits)
+
+
+def log_one_minus_sigmoid(logits: Tensor) -> Tensor:
+    """log(1 − σ(l)) = −softplus(l), stable for any l."""
+    return -F.softplus(logits)
+
+
+def _logits(x, name: str) -> Tensor:
+    x = _float_tensor(x, name)
+    if x.numel() == 0:
+        raise ValueError(f"{name}: empty logits tensor (shape {tuple(x.shape)}); need at least one sample")
+    return x
+
+
+def _check_alpha(alpha) -> float | None:
+    if alpha is None:
+        return None
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        a = math.nan
+    if isinstance(alpha, bool) or not (0.0 < a < 1.0):
+        raise ValueError(f"alpha: the trade-off coefficient must lie in the open interval (0, 1) "
+                         f"(allowed values: 0 < alpha < 1, or None for no trade-off), got {alpha!r}")
+    return a
+
+
+def g_loss_terms(ds_fake: Tensor, df_fake: Tensor, loss_type: str = "log") -> tuple[Tensor, Tensor]:
+    """(l_Gs, l_Gf): the generator's spatial (Eq. (1) term 2, S104) and frequency (term 4, S103) terms.
+
+    ``ds_fake`` = Ds logits on G(z); ``df_fake`` = Df logits on F(G(z)). loss_type "log": mean log(1 − D);
+    "ns": −mean log D; "hinge": −mean logit. G minimises both."""
+    _allowed("loss_type", loss_type, LOSS_TYPES)
+    s = _logits(ds_fake, "ds_fake")
+    f = _logits(df_fake, "df_fake")
+    with torch.autocast(device_type=s.device.type, enabled=False):
+        if loss_type == "log":
+            return log_one_minus_sigmoid(s).mean(), log_one_minus_sigmoid(f).mean()
+        if loss_type == "ns":
+            return -log_sigmoid(s).mean(), -log_sigmoid(f).mean()
+        return -s.mean(), -f.mean()
+
+
+def g_loss(ds_fake: Tensor, df_fake: Tensor, alpha: float | None = None, loss_type: str = "log") -> Tensor:
+    """Generator loss L_G (spec Eq. (2), S105): α·l_Gs + (1 − α)·l_Gf with 0 < α < 1 (V1/V3; α = 0.8 in the
+    experiments); ``alpha=None``: l_Gs + l_Gf (V0/V2, Eq. (1) terms 2 + 4). ValueError for α outside (0, 1)."""
+    a = _check_alpha(alpha)
+    l_gs, l_gf = g_loss_terms(ds_fake, df_fake, loss_type)
+    if a is None:
+        return l_gs + l_gf
+    return a * l_gs + (1.0 - a) * l_gf
+
+
+def d_loss(real_logits: Tensor, fake_logits: Tensor, loss_type: str = "log") -> Tensor:
+    """One discriminator's GAN loss (spec §2.2 L_Ds_GAN / L_Df_GAN, S107).
+
+    "log"/"ns": −mean log σ(l_real) − mean log(1 − σ(l_fake)) (BCE-with-logits);
+    "hinge": mean relu(1 − l_real) + mean relu(1 + l_fake)."""
+    _allowed("loss_type", loss_type, LOSS_TYPES)
+    r = _logits(real_logits, "real_logits")
+    f = _logits(fake_logits, "fake_logits")
+    with torch.autocast(device_type=r.device.type, enabled=False):
+        if loss_type == "hinge":
+            return F.relu(1.0 - r).mean() + F.relu(1.0 + f).mean()
+        return -log_sigmoid(r).mean() - log_one_minus_sigmoid(f).mean()
+
+
+def d_losses(ds_real: Tensor, ds_fake: Tensor, df_real: Tensor, df_fake: Tensor,
+             loss_type: str = "log") -> tuple[Tensor, Tensor]:
+    """(L_Ds_GAN, L_Df_GAN) from the logits of Ds on x / G(z) and Df on F(x) / F(G(z)) (spec §2.2, S107)."""
+    return d_loss(ds_real, ds_fake, loss_type), d_loss(df_real, df_fake, loss_type)
+
+
+def value_function(ds_real: Tensor, ds_fake: Tensor, df_real: Tensor, df_fake: Tensor) -> Tensor:
+    """V(G, Ds, Df) of Eq. (1) (the patent's log form; sample means as expectations):
+    mean log Ds(x) + mean log(1 − Ds(G(z))) + mean log Df(F(x)) + mean log(1 − Df(F(G(z))))."""
+    sr, sf = _logits(ds_real, "ds_real"), _logits(ds_fake, "ds_fake")
+    fr, ff = _logits(df_real, "df_real"), _logits(df_fake, "df_fake")
+    with torch.autocast(device_type=sr.device.type, enabled=False):
+        return (log_sigmoid(sr).mean() + log_one_minus_sigmoid(sf).mean()
+                + log_sigmoid(fr).mean() + log_one_minus_sigmoid(ff).mean())
+
+
+# --------------------------------------------------------------------------- consistency loss (Eq. 3)
+
+def _cons_set(ds_out, df_out, which: str, norm: str, reduction: str, space: str, detach_df: bool) -> Tensor:
+    if ds_out is None or df_out is None:
+        raise ValueError(f"consistency: on includes {which!r} but ds_{which}/df_{which} is None")
+    s = _logits(ds_out, f"ds_{which}")
+    f = _logits(df_out, f"df_{which}")
+    if s.dim() == 0 or s.shape != f.shape:
+        raise ValueError(f"ds_{which}, df_{which}: need equal shapes (B,) or (B, ...), got "
+                         f"{tuple(s.shape)} and {tuple(f.shape)}")
+    if detach_df:
+        f = f.detach()
+    if space == "prob":
+        s, f = torch.sigmoid(s), torch.sigmoid(f)
+    d = (s - f).reshape(s.shape[0], -1)
+    if norm == "sq":
+        per = d.pow(2).sum(dim=1)
+    elif norm == "l1":
+        per = d.abs().sum(dim=1)
+    else:
+        per = torch.linalg.vector_norm(d, ord=2, dim=1)
+    return per.mean() if reduction == "mean" else per.sum()
+
+
+def consistency(ds_real: Tensor | None, ds_fake: Tensor | None, df_real: Tensor | None, df_fake: Tensor | None,
+                on: str = "both", norm: str = "sq", reduction: str = "mean", space: str = "prob",
+                detach_df: bool = True) -> Tensor:
+    """Consistency loss L_cons between Ds and Df (spec Eq. (3) "SSCR", S108; defaults of spec §2.4/§5).
+
+    Inputs are LOGITS: Ds on u and Df on F(u), u = real x and/or fake G(z) (shape (B,) or (B, ...), the
+    same for Ds and Df). Per set: reduce_i ‖φ(Ds(u_i)) − φ(Df(F(u_i)))‖ with φ = σ (``space="prob"``) or the
+    identity ("logit"); the norm is over a sample's output dims: "sq" squared L2 (default), "l2", "l1";
+    reduce = "mean" (default) or "sum" over the batch. ``on``: "both" (default; real term + fake term),
+    "real" or "fake" (the other pair may then be None). ``detach_df`` (default True): Df's output is a
+    constant target, so the loss changes only Ds (S110 updates Df from L_Df_GAN only)."""
+    _allowed("on", on, CONS_ON)
+    _allowed("norm", norm, CONS_NORMS)
+    _allowed("reduction", reduction, CONS_REDUCTIONS)
+    _allowed("space", space, CONS_SPACES)
+    sets = ("real", "fake") if on == "both" else (on,)
+    pairs = {"real": (ds_real, df_real), "fake": (ds_fake, df_fake)}
+    terms = []
+    for which in sets:
+        s, f = pairs[which]
+        dev = torch.as_tensor(s).device if s is not None else torch.device("cpu")
+        with torch.autocast(device_type=dev.type, enabled=False):
+            terms.append(_cons_set(s, f, which, norm, reduction, space, detach_df))
+    return terms[0] if len(terms) == 1 else terms[0] + terms[1]
+
+
+def _check_lambda(lambda_c) -> float:
+    try:
+        lam = float(lambda_c)
+    except (TypeError, ValueError):
+        lam = math.nan
+    if isinstance(lambda_c, bool) or not (math.isfinite(lam) and lam >= 0.0):
+        raise ValueError(f"lambda_c: the consistency weight must be finite and >= 0, got {lambda_c!r}")
+    return lam
+
+
+def ds_total_loss(ds_gan: Tensor, cons: Tensor, lambda_c: float) -> Tensor:
+    """L_Ds_total = L_Ds_GAN + λc · L_cons (spec Eq. (3) read as Ds's overall loss, S109). λc = 0 returns
+    ``ds_gan`` itself, so V2 with λc = 0 is bit-identical to V0 (spec §8.2 test 10)."""
+    lam = _check_lambda(lambda_c)
+    if lam == 0.0:
+        return ds_gan
+    return ds_gan + lam * cons
+
+
+def discriminator_losses(ds_real: Tensor, ds_fake: Tensor, df_real: Tensor, df_fake: Tensor,
+                         lambda_c: float = 0.0, loss_type: str = "log", cons_on: str = "both",
+                         cons_norm: str = "sq", cons_reduction: str = "mean",
+                         cons_space: str = "prob") -> dict[str, Tensor]:
+    """All discriminator-side losses of one iteration (S107–S109) from the four logit tensors.
+
+    Returns {"L_Ds_GAN", "L_Df_GAN", "L_cons", "L_Ds_total"}. Backprop "L_Df_GAN" into Df (S110) and
+    "L_Ds_total" into Ds (S111). With λc = 0, "L_cons" is a detached diagnostic and "L_Ds_total" is
+    "L_Ds_GAN" itself."""
+    lam = _check_lambda(lambda_c)
+    l_ds, l_df = d_losses(ds_real, ds_fake, df_real, df_fake, loss_type)
+    cons = consistency(ds_real, ds_fake, df_real, df_fake, on=cons_on, norm=cons_norm,
+                       reduction=cons_reduction, space=cons_space, detach_df=True)
+    if lam == 0.0:
+        cons = cons.detach()
+    return {"L_Ds_GAN": l_ds, "L_Df_GAN": l_df, "L_cons": cons, "L_Ds_total": ds_total_loss(l_ds, cons, lam)}
+
+
+# --------------------------------------------------------------------------- baselines: Durall (CVPR20), FreqMSE
+
+@functools.lru_cache(maxsize=32)
+def _ring_bins(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    u = np.arange(h)[:, None] - h // 2
+    v = np.arange(w)[None, :] - w // 2
+    r = np.sqrt(u.astype(np.float64) ** 2 + v.astype(np.float64) ** 2)
+    bins = np.floor(r).astype(np.int64)
+    counts = np.bincount(bins.ravel())
+    return bins, counts
+
+
+@functools.lru_cache(maxsize=32)
+def _ring_matrix(h: int, w: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    bins, counts = _ring_bins(h, w)
+    a = np.zeros((h * w, counts.size), dtype=np.float64)
+    a[np.arange(h * w), bins.ravel()] = 1.0
+    a /= np.maximum(counts, 1)[None, :]
+    return torch.from_numpy(a).to(device=device, dtype=dtype)
+
+
+def azimuthal_power_spectrum(x: Tensor) -> Tensor:
+    """1-D azimuthally averaged power spectrum over the last two dims (Durall et al. 2020 [EXT]; spec §3).
+
+    P = |fft2(x, norm="ortho")|², fftshifted so that DC sits at (H//2, W//2); S[k] = mean of P over the
+    pixels with floor(√((u − H//2)² + (v − W//2)²)) = k, k = 0 … floor(r_max). Shape (..., H, W) → (..., R).
+    Differentiable (a fixed averaging matrix)."""
+    x = _float_tensor(x, "x")
+    _check_2d(x, "x")
+    h, w = x.shape[-2], x.shape[-1]
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        z = torch.fft.fft2(x, norm="ortho")
+        p = torch.fft.fftshift(z.real.pow(2) + z.imag.pow(2), dim=(-2, -1))
+        return torch.matmul(p.reshape(*p.shape[:-2], h * w), _ring_matrix(h, w, x.dtype, x.device))
+
+
+def normalized_azimuthal_spectrum(x: Tensor, normalize: str = "minmax", eps: float = 1e-8) -> Tensor:
+    """Durall's normalised 1-D spectrum of each image: s = log(S + eps) with S from
+    :func:`azimuthal_power_spectrum`, then min–max scaled to [0, 1] along the radius (``"minmax"``,
+    default; a flat spectrum gives 0) or left as the log power (``"none"``)."""
+    _allowed("normalize", normalize, SPECTRUM_NORMS)
+    s = torch.log(azimuthal_power_spectrum(x) + eps)
+    if normalize == "none":
+        return s
+    lo = s.amin(dim=-1, keepdim=True)
+    hi = s.amax(dim=-1, keepdim=True)
+    return (s - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def durall_spectral_loss(real: Tensor, fake: Tensor, eps: float = 1e-8, bce_eps: float = 1e-6) -> Tensor:
+    """"CVPR20" baseline regulariser (spec §3/§7.2; Durall et al. 2020 [EXT]) for (B, C, H, W) batches.
+
+    Channel mean → :func:`normalized_azimuthal_spectrum` (min–max of the log power) per image; the target
+    is the batch mean of the real spectra (no gradient); loss = mean over fake images and radius bins of
+    BCE(s_fake, target) = −[t log s + (1 − t) log(1 − s)], s clamped to [bce_eps, 1 − bce_eps]. Add
+    λ·loss to the generator's loss."""
+    real = _float_tensor(real, "real")
+    fake = _float_tensor(fake, "fake")
+    for name, t in (("real", real), ("fake", fake)):
+        if t.dim() != 4:
+            raise ValueError(f"{name}: needs shape (B, C, H, W), got {tuple(t.shape)}")
+    if real.shape[-2:] != fake.shape[-2:]:
+        raise ValueError(f"real, fake: need the same (H, W), got {tuple(real.shape)} and {tuple(fake.shape)}")
+    target = normalized_azimuthal_spectrum(real.detach().mean(dim=1), eps=eps).mean(dim=0)
+    s = normalized_azimuthal_spectrum(fake.mean(dim=1), eps=eps).clamp(bce_eps, 1.0 - bce_eps)
+    t = target.to(s.dtype).expand_as(s)
+    return -(t * torch.log(s) + (1.0 - t) * torch.log1p(-s)).mean()
+
+
+def freq_mse_loss(real: Tensor, fake: Tensor, stat: str = "mean") -> Tensor:
+    """"FreqMSE" baseline (spec §3/§7.2: 2-D DCT + MSE; exact form unspecified, [EXT] F-Match reading).
+
+    mean over (C, H, W) of (stat_b DCT2(fake) − stat_b DCT2(real))², stat over the batch (dim 0):
+    "mean" (default) the coefficients' batch mean (≡ MSE of the mean images, by orthonormality),
+    "abs" the batch mean of |coefficient|, "power" the batch mean of coefficient²."""
+    _allowed("stat", stat, FREQMSE_STATS)
+    real = _float_tensor(real, "real")
+    fake = _float_tensor(fake, "fake")
+    for name, t in (("real", real), ("fake", fake)):
+        if t.dim() < 3:
+            raise ValueError(f"{name}: needs shape (B, ..., H, W) with a batch dim, got {tuple(t.shape)}")
+    if real.shape[1:] != fake.shape[1:]:
+        raise ValueError(f"real, fake: need the same per-sample shape, got {tuple(real.shape)} and "
+                         f"{tuple(fake.shape)}")
+
+    def stat_of(t: Tensor) -> Tensor:
+        c = dct2(t)
+        if stat == "abs":
+            c = c.abs()
+        elif stat == "power":
+            c = c.pow(2)
+        return c.mean(dim=0)
+
+    return (stat_of(fake) - stat_of(real.detach())).pow(2).mean()
+
+
+# --------------------------------------------------------------------------- metrics: Fréchet distance
+
+def _as_f64_numpy(x, name: str) -> np.ndarray:
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().double().numpy()
+    a = np.asarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: contains non-finite values")
+    return a
+
+
+def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """(μ, Σ) of an (N, D) feature set: the mean and the unbiased covariance (ddof = 1, as ``np.cov``)."""
+    f = _as_f64_numpy(features, "features")
+    if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] < 1:
+        raise ValueError(f"features: need shape (N, D) with N >= 2 samples, got {f.shape}")
+    mu = f.mean(axis=0)
+    d = f - mu
+    return mu, d.T @ d / (f.shape[0] - 1)
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((s + s.T) / 2.0)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance_from_stats(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between N(μ1, Σ1) and N(μ2, Σ2) (FID formula, Heusel et al. 2017 [EXT]):
+    ‖μ1 − μ2‖² + Tr Σ1 + Tr Σ2 − 2 ‖Σ1^{1/2} Σ2^{1/2}‖_* (nuclear norm = Tr (Σ1 Σ2)^{1/2}), in float64,
+    clipped at 0. Symmetric in its two arguments."""
+    m1, m2 = _as_f64_numpy(mu1, "mu1"), _as_f64_numpy(mu2, "mu2")
+    s1, s2 = _as_f64_numpy(sigma1, "sigma1"), _as_f64_numpy(sigma2, "sigma2")
+    if m1.ndim != 1 or m1.shape != m2.shape:
+        raise ValueError(f"mu1, mu2: need equal shapes (D,), got {m1.shape} and {m2.shape}")
+    d = m1.shape[0]
+    for name, s in (("sigma1", s1), ("sigma2", s2)):
+        if s.shape != (d, d):
+            raise ValueError(f"{name}: needs shape ({d}, {d}), got {s.shape}")
+    tr_sqrt = float(np.linalg.svd(_psd_sqrt(s1) @ _psd_sqrt(s2), compute_uv=False).sum())
+    diff = m1 - m2
+    fd = float(diff @ diff) + float(np.trace(s1)) + float(np.trace(s2)) - 2.0 * tr_sqrt
+    return max(fd, 0.0)
+
+
+def frechet_distance(features1, features2) -> float:
+    """Fréchet distance between Gaussians fitted (:func:`gaussian_stats`) to two (N, D) feature sets
+    (numpy arrays or tensors; N may differ). With Inception pool features this is the FID of spec §7."""
+    mu1, s1 = gaussian_stats(features1)
+    mu2, s2 = gaussian_stats(features2)
+    if mu1.shape != mu2.shape:
+        raise ValueError(f"features1, features2: need the same feature dim D, got {mu1.shape[0]} and {mu2.shape[0]}")
+    return frechet_distance_from_stats(mu1, s1, mu2, s2)
+
+
+# --------------------------------------------------------------------------- metrics: spectral error
+
+def average_power_spectrum(x: Tensor, kind: str = "dft2") -> Tensor:
+    """P̄(u, v): mean over every leading dim (samples, channels) of the power of F(x) over the last two dims;
+    "dft2": |fft2(x, norm="ortho")|² (no fftshift, DC at [0, 0]); "dct2": dct2(x)². Shape (H, W)."""
+    _allowed("kind", kind, FREQ_KINDS)
+    x = _float_tensor(x, "x")
+    _check_2d(x, "x")
+    with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+        if kind == "dct2":
+            p = dct2(x).pow(2)
+        else:
+            z = torch.fft.fft2(x, norm="ortho")
+            p = z.real.pow(2) + z.imag.pow(2)
+        return p.reshape(-1, x.shape[-2], x.shape[-1]).mean(dim=0)
+
+
+def frequency_radius(h: int, w: int, kind: str = "dft2") -> np.ndarray:
+    """Radial frequency ρ(u, v) in units of the Nyquist frequency (0.5 cycles/pixel), shape (H, W), in the
+    layout of :func:`average_power_spectrum`. dft2: ρ = √(f_u² + f_v²)/0.5 with f = fftfreq(N);
+    dct2: ρ = √((k/H)² + (l/W)²)."""
+    _allowed("kind", kind, FREQ_KINDS)
+    if h < 1 or w < 1:
+        raise ValueError(f"h, w: must be >= 1, got {h}, {w}")
+    if kind == "dft2":
+        fu, fv = np.fft.fftfreq(h)[:, None] / 0.5, np.fft.fftfreq(w)[None, :] / 0.5
+    else:
+        fu, fv = (np.arange(h) / h)[:, None], (np.arange(w) / w)[None, :]
+    return np.sqrt(fu ** 2 + fv ** 2)
+
+
+def high_freq_mask(h: int, w: int, kind: str = "dft2", high_cut: float = 0.5) -> np.ndarray:
+    """Boolean (H, W) mask of the high-frequency band ρ ≥ high_cut (default: above half Nyquist)."""
+    if not (0.0 < float(high_cut) <= math.sqrt(2.0)):
+        raise ValueError(f"high_cut: must lie in (0, sqrt(2)] (units of the Nyquist frequency), got {high_cut!r}")
+    return frequency_radius(h, w, kind) >= float(high_cut)
+
+
+def spectral_error_from_spectra(p_real, p_fake, kind: str = "dft2", high_cut: float = 0.5,
+                                eps: float = 1e-10) -> dict[str, float]:
+    """{"total", "high"}: mean |ln(P̄_real + eps) − ln(P̄_fake + eps)| over all frequencies / over the
+    high band (:func:`high_freq_mask`) of two (H, W) average power spectra (accumulate them over batches
+    with :func:`average_power_spectrum`). "high" is NaN if the band is empty (tiny images)."""
+    pr, pf = _as_f64_numpy(p_real, "p_real"), _as_f64_numpy(p_fake, "p_fake")
+    if pr.ndim != 2 or pr.shape != pf.shape:
+        raise ValueError(f"p_real, p_fake: need equal (H, W) shapes, got {pr.shape} and {pf.shape}")
+    if (pr < 0).any() or (pf < 0).any():
+        raise ValueError("p_real, p_fake: power spectra must be non-negative")
+    if not eps > 0:
+        raise ValueError(f"eps: must be > 0, got {eps!r}")
+    d = np.abs(np.log(pr + eps) - np.log(pf + eps))
+    mask = high_freq_mask(pr.shape[0], pr.shape[1], kind, high_cut)
+    return {"total": float(d.mean()), "high": float(d[mask].mean()) if mask.any() else float("nan")}
+
+
+def spectral_error(real: Tensor, fake: Tensor, kind: str = "dft2", high_cut: float = 0.5,
+                   eps: float = 1e-10) -> dict[str, float]:
+    """Spectral error between the average power spectra of real and generated samples (..., H, W)
+    (spec §7.3 outcome 4, Figs. 2/7): see :func:`spectral_error_from_spectra`."""
+    real = _float_tensor(real, "real")
+    fake = _float_tensor(fake, "fake")
+    _check_2d(real, "real")
+    _check_2d(fake, "fake")
+    if real.shape[-2:] != fake.shape[-2:]:
+        raise ValueError(f"real, fake: need the same (H, W), got {tuple(real.shape)} and {tuple(fake.shape)}")
+    return spectral_error_from_spectra(average_power_spectrum(real, kind), average_power_spectrum(fake, kind),
+                                       kind, high_cut, eps)
