@@ -1,0 +1,835 @@
+"""Rates, zeroing, ownership, 1-bit task masks, frozen updates and task inference of ``continual`` (JP7600768B2).
+
+Spec: ``shared/methods/continual.md`` (rules R1–R5, R7, R8, R11; §3 variants; §5 pseudocode). No Ray, no MLflow.
+In this patent "initialization" (初期化) means setting a weight to exactly 0; the "initialization rate" is the per-layer
+fraction of the free pool that is zeroed (PackNet's pruning ratio).
+
+Masked layers and groups (§2.1, §2.9 [AMBIG]; :func:`layer_groups`, :func:`depth_groups`)
+    Every Conv (nn.Conv1d/2d/3d, transposed included) and nn.Linear ``.weight`` is masked; biases and normalisation
+    parameters never are. The rate tables are defined per VGG16 block group "conv1" … "conv5", "dense". Default
+    mapping by depth, in module registration order (= forward order for sequential nets): all Linear layers →
+    "dense"; the n conv layers are split into 5 consecutive blocks of sizes ⌊n/5⌋, the deepest n mod 5 blocks one
+    larger (VGG16's 13 convs → 2, 2, 3, 3, 3 = CONV1-x … CONV5-x exactly; 5 convs → one per group; 2 convs →
+    "conv4", "conv5"). ``overrides`` (fnmatch pattern on the parameter or module name → group) changes any of it.
+
+Rates (R1, R7, R8; :class:`RateTable`, :func:`rate_for`, :func:`task1_profile`)
+    Task 1: Fig. 5(a) {conv1–3: 0, conv4, conv5, dense: 0.5} (default), Fig. 5(b) {0.1, 0.2, 0.3, 0.4, 0.5, 0.5}, or
+    a user mapping group → rate ∈ [0, 1]. Task t ≥ 2: Fig. 8, bins [0, θ_1), [θ_1, θ_2), …, [θ_m, 1] with
+    θ = (0.1, 0.5, 0.9) (JSD exactly at a threshold belongs to the upper bin; "0.9≦JSD" is the last row):
+        conv1–3: 0 0 0 0 (no free weights after Fig. 5(a))   conv4: 1.00 .90 .75 .50
+        conv5:   .95 .90 .75 .50                               dense: .80 .75 .75 .50
+    Thresholds must be strictly increasing in [0, 1], rates in [0, 1]. P1: a layer whose free pool is empty gets 0.
+    The same table is reused for every t ≥ 2 [AMBIG; "same processing as task 2"].
+
+Zeroing (R1, R2; :func:`zero_count`, :func:`select_zeroed`, :func:`plan_allocation`)
+    k_l = ROUND(r_l · |F_l|) with ROUND ∈ {"round" (half up, default: R1's round()), "floor" (spec §7's derived
+    numbers), "ceil"}, computed exactly from the decimal repr of r (no float error at .5 / integer products).
+    Per weight (default): the k_l free weights of smallest |w| are zeroed; ties → lower flat index first.
+    Per filter (§3 item 2 [AMBIG]): the unit is one output channel (``filter_unit="out_channel"``, C_in·kh·kw weights,
+    a Linear row; default) or one kh×kw kernel of an (out, in) pair (``"kernel"``; a single weight of a Linear);
+    k_l = ROUND(r_l · #free units), units ranked by L1 norm (default) or L2 norm, ties → lower unit index. The free
+    mask must not split a unit (true when the same granularity is used from task 1 on).
+
+Ownership and masks (R3, R4; :func:`update_ownership`, :func:`task_mask`)
+    N^(t) = F^(t) \\ Z^(t);  A^(t) = A^(t−1) ∪ N^(t);  Reading A (default): M^(t) = A^(t−1) ∪ N^(t) = A^(t);
+    Reading B: M^(t) = M^(s*) ∪ N^(t). In both readings A^(t) = ∪_{s≤t} M^(s) (:func:`owned_from_masks`).
+    Masks are stored 1 bit per weight (:class:`PackedMask`: numpy.packbits over the layers' flattened masks
+    concatenated in layer order; ⌈ΣN_l / 8⌉ bytes).
+
+Training constraints (R5; :func:`update_masks`, :func:`forward_masks`, :class:`FrozenGuard`, :class:`MaskedOptimizer`)
+    Updated set G per phase: S20 all; S40 N^(1); S70 F^(t) (layers with r_l = 1 excluded by default — P4 "CONV4-X is
+    not updated" — since all of their free weights are zeroed at S80 anyway; ``freeze_full_rate=False`` trains
+    them); S90 N^(t). Frozen entries (everything outside G: earlier tasks' weights, zeroed weights) are kept
+    BITWISE unchanged by masking the UPDATE, not only the gradient: the guard zeroes their gradient, snapshots the
+    parameters before ``optimizer.step()`` and writes the snapshot back into the frozen entries after it, so
+    momentum, Adam moments and (decoupled) weight decay cannot move them.
+    Forward masks: Reading A needs none (U ∪ F is every weight at S70; at S90 the only masked-out entries are Z,
+    which are 0). Reading B uses W ⊙ 1[M^(s*) ∪ F] at S70 and W ⊙ M^(t) at S90 (:func:`masked_forward`).
+
+Biases and normalisation layers (§6 [AMBIG]; :func:`task_state_names`, :func:`capture_task_state`)
+    ``bias_policy="freeze"`` (default, the spec's IMPL-CHOICE): biases (every unmasked parameter outside
+    normalisation layers) train during task 1 only, then stay frozen for all tasks. ``"per_task"``: they train in
+    every task and a copy per task is stored and loaded at inference.
+    ``norm_policy="per_task"`` (default): the affine parameters and running statistics of BatchNorm/GroupNorm/
+    LayerNorm/InstanceNorm modules are task-specific — each task trains them (start: the source task's copy) and
+    a copy per task is stored; they are tiny, and frozen task-1 statistics would be wrong for a task whose input
+    distribution differs (which the JSD measures). ``"freeze"``: trained in task 1 only, then frozen with the
+    modules kept in eval mode (:func:`set_norm_eval`, running statistics unchanged).
+
+Inference (R11; :func:`effective_weights`, :func:`apply_task`): W_inf = W ⊙ M^(t) (bit 1 keeps, bit 0 → +0.0), plus
+task t's per-task state.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+GROUPS = ("conv1", "conv2", "conv3", "conv4", "conv5", "dense")
+N_CONV_GROUPS = 5
+TASK1_PROFILES: dict[str, dict[str, float]] = {
+    "fig5a": {"conv1": 0.0, "conv2": 0.0, "conv3": 0.0, "conv4": 0.5, "conv5": 0.5, "dense": 0.5},
+    "fig5b": {"conv1": 0.1, "conv2": 0.2, "conv3": 0.3, "conv4": 0.4, "conv5": 0.5, "dense": 0.5},
+}
+DEFAULT_THRESHOLDS = (0.1, 0.5, 0.9)
+DEFAULT_TABLE_RATES: dict[str, tuple[float, ...]] = {
+    "conv1": (0.0, 0.0, 0.0, 0.0), "conv2": (0.0, 0.0, 0.0, 0.0), "conv3": (0.0, 0.0, 0.0, 0.0),
+    "conv4": (1.0, 0.9, 0.75, 0.5), "conv5": (0.95, 0.9, 0.75, 0.5), "dense": (0.8, 0.75, 0.75, 0.5),
+}
+ROUNDING = ("round", "floor", "ceil")
+GRANULARITIES = ("weight", "filter")
+FILTER_UNITS = ("out_channel", "kernel")
+FILTER_NORMS = ("l1", "l2")
+READINGS = ("A", "B")
+PHASES = ("S20", "S40", "S70", "S90")
+BIAS_POLICIES = ("freeze", "per_task")
+NORM_POLICIES = ("per_task", "freeze")
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_MASKED_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+Masks = Mapping[str, Tensor]
+
+
+def _choice(field_name: str, value, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{field_name}: unknown value {value!r}; allowed values: {', '.join(allowed)}")
+
+
+def _rate_value(field_name: str, v) -> float:
+    try:
+        r = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field_name}: a rate must be a number in [0, 1], got {v!r}") from None
+    if not (0.0 <= r <= 1.0):
+        raise ValueError(f"{field_name}: a rate must be in [0, 1], got {v!r}")
+    return r
+
+
+def _jsd_value(jsd) -> float:
+    try:
+        x = float(jsd)
+    except (TypeError, ValueError):
+        raise ValueError(f"jsd: must be a number in [0, 1], got {jsd!r}") from None
+    if not (0.0 <= x <= 1.0):
+        raise ValueError(f"jsd: must be in [0, 1] (base-2 Jensen–Shannon divergence), got {jsd!r}")
+    return x
+
+
+# --------------------------------------------------------------------------- rate profiles and the Fig. 8 table
+
+def task1_profile(profile: str | Mapping[str, float] = "fig5a") -> dict[str, float]:
+    """The task-1 rate per group (R7): "fig5a" (default), "fig5b", or a user mapping group → rate in [0, 1]."""
+    if isinstance(profile, str):
+        _choice("task1_profile", profile, tuple(TASK1_PROFILES))
+        return dict(TASK1_PROFILES[profile])
+    if not isinstance(profile, Mapping) or not profile:
+        raise ValueError(f"task1_profile: expected one of {', '.join(TASK1_PROFILES)} or a non-empty mapping "
+                         f"group → rate in [0, 1], got {profile!r}")
+    return {str(g): _rate_value(f"task1_profile[{g!r}]", r) for g, r in profile.items()}
+
+
+def task1_rate(group: str, profile: str | Mapping[str, float] = "fig5a") -> float:
+    """Task-1 rate of one group under ``profile``."""
+    prof = task1_profile(profile)
+    if group not in prof:
+        raise ValueError(f"group: no task-1 rate for group {group!r}; allowed values: {', '.join(prof)}")
+    return prof[group]
+
+
+def profile_is_nondecreasing(profile: str | Mapping[str, float] = "fig5a", order: Sequence[str] = GROUPS) -> bool:
+    """R7's preference: the task-1 rate does not decrease with depth (groups in ``order``, shallow first)."""
+    prof = task1_profile(profile)
+    vals = [prof[g] for g in order if g in prof]
+    return all(b >= a for a, b in zip(vals, vals[1:]))
+
+
+@dataclass(frozen=True)
+class RateTable:
+    """The task t ≥ 2 rate table (R8, Fig. 8): JSD thresholds and, per group, one rate per JSD bin.
+
+    Build it with :func:`rate_table` (validated); ``thresholds`` θ_1 < … < θ_m in [0, 1]; ``rates[g]`` has m + 1
+    entries in [0, 1]; bin i = [θ_i, θ_{i+1}) with θ_0 = 0 and the last bin [θ_m, 1]."""
+    thresholds: tuple[float, ...]
+    rates: dict[str, tuple[float, ...]] = field(hash=False)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(self.rates)
+
+    def bin_index(self, jsd) -> int:
+        x = _jsd_value(jsd)
+        return sum(1 for th in self.thresholds if x >= th)
+
+    def lookup(self, jsd, group: str) -> float:
+        if group not in self.rates:
+            raise ValueError(f"group: no rates for group {group!r} in the rate table; allowed values: "
+                             f"{', '.join(self.rates)}")
+        return self.rates[group][self.bin_index(jsd)]
+
+    def row(self, jsd) -> dict[str, float]:
+        i = self.bin_index(jsd)
+        return {g: r[i] for g, r in self.rates.items()}
+
+    def as_dict(self) -> dict:
+        return {"thresholds": list(self.thresholds), "rates": {g: list(r) for g, r in self.rates.items()}}
+
+
+def rate_table(table: RateTable | Mapping | None = None) -> RateTable:
+    """Validated :class:`RateTable`: None → Fig. 8; a RateTable; or {"thresholds": [...], "rates": {group: [...]}}
+    (a missing "thresholds" means the default (0.1, 0.5, 0.9))."""
+    if table is None:
+        return RateTable(DEFAULT_THRESHOLDS, dict(DEFAULT_TABLE_RATES))
+    if isinstance(table, RateTable):
+        thresholds, rates = table.thresholds, table.rates
+    elif isinstance(table, Mapping):
+        unknown = set(table) - {"thresholds", "rates"}
+        if unknown:
+            raise ValueError(f"rate_table: unknown keys {sorted(unknown)}; allowed values: thresholds, rates")
+        if "rates" not in table:
+            raise ValueError("rate_table.rates: missing; expected a mapping group → one rate per JSD bin")
+        thresholds, rates = table.get("thresholds", DEFAULT_THRESHOLDS), table["rates"]
+    else:
+        raise ValueError(f"rate_table: expected a RateTable or a mapping with keys thresholds, rates; got {table!r}")
+    try:
+        th = tuple(float(x) for x in thresholds)
+    except (TypeError, ValueError):
+        raise ValueError(f"rate_table.thresholds: expected a list of numbers in [0, 1], got {thresholds!r}") from None
+    if not th or any(not (0.0 <= x <= 1.0) for x in th) or any(b <= a for a, b in zip(th, th[1:])):
+        raise ValueError(f"rate_table.thresholds: must be a non-empty, strictly increasing list of values in "
+                         f"[0, 1], got {list(thresholds)}")
+    if not isinstance(rates, Mapping) or not rates:
+        raise ValueError(f"rate_table.rates: expected a non-empty mapping group → rates, got {rates!r}")
+    out: dict[str, tuple[float, ...]] = {}
+    for g, rs in rates.items():
+        if isinstance(rs, (str, bytes)) or not isinstance(rs, Iterable):
+            raise ValueError(f"rate_table.rates[{g!r}]: expected {len(th) + 1} rates, got {rs!r}")
+        rs = list(rs)
+        if len(rs) != len(th) + 1:
+            raise ValueError(f"rate_table.rates[{g!r}]: needs {len(th) + 1} rates (one per JSD bin, "
+                             f"len(thresholds) + 1), got {len(rs)}")
+        out[str(g)] = tuple(_rate_value(f"rate_table.rates[{g!r}][{i}]", r) for i, r in enumerate(rs))
+    return RateTable(th, out)
+
+
+def rate_for(jsd: float, group: str, table: RateTable | Mapping | None = None) -> float:
+    """The Fig. 8 rate of ``group`` ("conv4", "conv5", "dense", …) for a task whose source JSD is ``jsd`` (R8)."""
+    return rate_table(table).lookup(jsd, group)
+
+
+def check_table_principles(table: RateTable | Mapping | None = None,
+                           depth_order: Sequence[str] = ("conv4", "conv5", "dense")) -> list[str]:
+    """Violations of P3 (every group's rate non-increasing in JSD) and P2 (in the first, most-similar bin the rate
+    does not increase along ``depth_order``); [] if none. The patent calls Fig. 8 an example, so a user table is
+    not rejected for violating them."""
+    t = rate_table(table)
+    problems = []
+    for g, rs in t.rates.items():
+        if any(b > a for a, b in zip(rs, rs[1:])):
+            problems.append(f"P3: rates of {g!r} increase with JSD: {list(rs)}")
+    first = [(g, t.rates[g][0]) for g in depth_order if g in t.rates]
+    for (ga, a), (gb, b) in zip(first, first[1:]):
+        if b > a:
+            problems.append(f"P2: in the lowest-JSD bin {gb!r} ({b}) has a larger rate than shallower {ga!r} ({a})")
+    return problems
+
+
+# --------------------------------------------------------------------------- layers → groups
+
+def depth_groups(kinds: Sequence[str], n_conv_groups: int = N_CONV_GROUPS) -> list[str]:
+    """Group of each layer from its kind ("conv" | "dense"), layers in forward order (see module docstring)."""
+    for i, k in enumerate(kinds):
+        if k not in ("conv", "dense"):
+            raise ValueError(f"kinds[{i}]: unknown layer kind {k!r}; allowed values: conv, dense")
+    if not (isinstance(n_conv_groups, int) and n_conv_groups >= 1):
+        raise ValueError(f"n_conv_groups: must be an integer >= 1, got {n_conv_groups!r}")
+    n = sum(1 for k in kinds if k == "conv")
+    base, extra = divmod(n, n_conv_groups)
+    sizes = [base + (1 if b >= n_conv_groups - extra else 0) for b in range(n_conv_groups)]
+    conv_groups = [f"conv{b + 1}" for b, s in enumerate(sizes) for _ in range(s)]
+    it = iter(conv_groups)
+    return [next(it) if k == "conv" else "dense" for k in kinds]
+
+
+def masked_weight_names(model: nn.Module) -> list[str]:
+    """Names of the masked parameters: the ``weight`` of every Conv/Linear module, in registration order."""
+    names = []
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, _MASKED_TYPES) and isinstance(getattr(mod, "weight", None), nn.Parameter):
+            names.append(f"{mod_name}.weight" if mod_name else "weight")
+    return names
+
+
+def layer_groups(model: nn.Module, overrides: Mapping[str, str] | None = None,
+                 groups: Sequence[str] | None = GROUPS, n_conv_groups: int = N_CONV_GROUPS) -> dict[str, str]:
+    """Masked parameter name → rate group, by depth (module docstring), then ``overrides``.
+
+    ``overrides``: fnmatch pattern (matched against the parameter name and its module name) → group; later patterns
+    win. ``groups``: the allowed group names (default the VGG16 groups; None accepts any non-empty name)."""
+    names = masked_weight_names(model)
+    if not names:
+        raise ValueError("model: no Conv/Linear weights to mask")
+    modules = dict(model.named_modules())
+    kinds = ["dense" if isinstance(modules[n.rsplit(".", 1)[0] if "." in n else ""], nn.Linear) else "conv"
+             for n in names]
+    out = dict(zip(names, depth_groups(kinds, n_conv_groups)))
+    for pattern, group in (overrides or {}).items():
+        if not isinstance(group, str) or not group or (groups is not None and group not in groups):
+            allowed = ", ".join(groups) if groups is not None else "any non-empty name"
+            raise ValueError(f"overrides[{pattern!r}]: unknown group {group!r}; allowed values: {allowed}")
+        hits = [n for n in names
+                if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.rsplit(".", 1)[0], pattern)]
+        if not hits:
+            raise ValueError(f"overrides[{pattern!r}]: matches no masked layer; masked layers: {', '.join(names)}")
+        for n in hits:
+            out[n] = group
+    return out
+
+
+def task1_layer_rates(groups: Mapping[str, str], profile: str | Mapping[str, float] = "fig5a") -> dict[str, float]:
+    """Per-layer task-1 rate (S10) from the layer → group mapping and the profile."""
+    prof = task1_profile(profile)
+    missing = sorted({g for g in groups.values() if g not in prof})
+    if missing:
+        raise ValueError(f"task1_profile: no rate for groups {missing}; the profile defines: {', '.join(prof)}")
+    return {n: prof[g] for n, g in groups.items()}
+
+
+def layer_rates(groups: Mapping[str, str], jsd: float, free_counts: Mapping[str, int] | None = None,
+                table: RateTable | Mapping | None = None) -> dict[str, float]:
+    """Per-layer rate for a task t ≥ 2 (S60): the Fig. 8 rate of the layer's group, 0 where the free pool is empty
+    (P1; ``free_counts``: layer → |F_l|)."""
+    t = rate_table(table)
+    missing = sorted({g for g in groups.values() if g not in t.rates})
+    if missing:
+        raise ValueError(f"rate_table.rates: no rates for groups {missing}; the table defines: {', '.join(t.rates)}")
+    row = t.row(jsd)
+    if free_counts is not None:
+        missing = [n for n in groups if n not in free_counts]
+        if missing:
+            raise ValueError(f"free_counts: no free-pool size for layers {missing}")
+    return {n: 0.0 if free_counts is not None and int(free_counts[n]) == 0 else row[g] for n, g in groups.items()}
+
+
+# --------------------------------------------------------------------------- zeroing (R1, R2)
+
+def zero_count(rate: float, n_free: int, rounding: str = "round") -> int:
+    """k = ROUND(rate · n_free) (R1), exact: the rate is taken at its shortest decimal repr (0.95 → 19/20)."""
+    _choice("rounding", rounding, ROUNDING)
+    r = _rate_value("rate", rate)
+    if not (isinstance(n_free, (int, np.integer)) and n_free >= 0):
+        raise ValueError(f"n_free: must be an integer >= 0, got {n_free!r}")
+    x = Fraction(repr(r)) * int(n_free)
+    if rounding == "floor":
+        return math.floor(x)
+    if rounding == "ceil":
+        return math.ceil(x)
+    return math.floor(x + Fraction(1, 2))
+
+
+def _units(shape: torch.Size, granularity: str, filter_unit: str) -> int:
+    """Number of zeroing units of a weight of this shape (rows of the (units, -1) view)."""
+    if granularity == "weight" or len(shape) < 2:
+        return int(math.prod(shape))
+    return int(shape[0]) if filter_unit == "out_channel" else int(shape[0] * shape[1])
+
+
+def select_zeroed(weight: Tensor, free: Tensor | None, rate: float, granularity: str = "weight",
+                  filter_unit: str = "out_channel", filter_norm: str = "l1", rounding: str = "round") -> Tensor:
+    """Z_l (R2): bool mask (weight's shape) of the ROUND(rate·|free|) free weights/units closest to 0.
+
+    ``free``: bool mask of the free pool F_l (None = every weight free, task 1). Weights outside ``free`` are never
+    selected. See the module docstring for the granularities and tie-breaks."""
+    _choice("granularity", granularity, GRANULARITIES)
+    _choice("filter_unit", filter_unit, FILTER_UNITS)
+    _choice("filter_norm", filter_norm, FILTER_NORMS)
+    w = weight.detach()
+    if free is None:
+        free = torch.ones_like(w, dtype=torch.bool)
+    free = free.to(device=w.device, dtype=torch.bool)
+    if free.shape != w.shape:
+        raise ValueError(f"free: mask shape {tuple(free.shape)} differs from the weight shape {tuple(w.shape)}")
+    if not torch.isfinite(w).all():
+        raise ValueError("weight: contains NaN or inf; cannot rank weights by magnitude")
+    n_units = _units(w.shape, granularity, filter_unit)
+    wu = w.reshape(n_units, -1)
+    fu = free.reshape(n_units, -1)
+    unit_free = fu.all(dim=1)
+    if wu.shape[1] > 1 and bool((fu.any(dim=1) & ~unit_free).any()):
+        raise ValueError(f"free: the free pool splits a {filter_unit!r} unit (part free, part owned); per-filter "
+                         "zeroing needs whole units free or owned (use the same granularity from task 1 on)")
+    scores = wu.abs().sum(dim=1) if filter_norm == "l1" or wu.shape[1] == 1 else wu.pow(2).sum(dim=1).sqrt()
+    idx_free = unit_free.nonzero().squeeze(1)
+    k = zero_count(rate, int(idx_free.numel()), rounding)
+    free_scores = scores[idx_free]
+    if free_scores.dtype not in (torch.float32, torch.float64):
+        free_scores = free_scores.float()  # |w| of a half/bfloat16 weight is exact in float32
+    order = torch.sort(free_scores, stable=True).indices[:k]
+    z_units = torch.zeros(n_units, dtype=torch.bool, device=w.device)
+    z_units[idx_free[order]] = True
+    return z_units[:, None].expand_as(wu).reshape(w.shape).clone()
+
+
+@dataclass
+class Allocation:
+    """One task's zeroing result per layer: F^(t) (free), Z^(t) (zeroed), N^(t) = F \\ Z (new), and the rates."""
+    free: dict[str, Tensor]
+    zeroed: dict[str, Tensor]
+    new: dict[str, Tensor]
+    rates: dict[str, float]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{"free"|"zeroed"|"new": {layer: count}} (weights, for the per-task log of spec §8.2)."""
+        return {k: {n: int(m.sum()) for n, m in getattr(self, k).items()} for k in ("free", "zeroed", "new")}
+
+
+def plan_allocation(weights: Masks, owned: Masks | None, rates: Mapping[str, float], granularity: str = "weight",
+                    filter_unit: str = "out_channel", filter_norm: str = "l1", rounding: str = "round") -> Allocation:
+    """S30/S80 without touching the weights: F = ¬A^(t−1), Z = :func:`select_zeroed`, N = F \\ Z for every layer
+    of ``weights`` (name → tensor; ``owned`` None = task 1, nothing owned). Apply with :func:`apply_zeroing_`."""
+    missing = [n for n in weights if n not in rates]
+    if missing:
+        raise ValueError(f"rates: no rate for layers {missing}")
+    free, zeroed, new = {}, {}, {}
+    for n, w in weights.items():
+        f = torch.ones_like(w, dtype=torch.bool) if owned is None else ~owned[n].to(w.device, torch.bool)
+        z = select_zeroed(w, f, rates[n], granularity, filter_unit, filter_norm, rounding)
+        free[n], zeroed[n], new[n] = f, z, f & ~z
+    return Allocation(free, zeroed, new, {n: float(rates[n]) for n in weights})
+
+
+def named_weights(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, Tensor]:
+    """name → parameter of the masked layers (``names`` default :func:`masked_weight_names`)."""
+    params = dict(model.named_parameters())
+    names = masked_weight_names(model) if names is None else list(names)
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ValueError(f"names: not parameters of the model: {unknown}")
+    return {n: params[n] for n in names}
+
+
+def apply_zeroing_(model_or_weights: nn.Module | Masks, zeroed: Masks) -> None:
+    """W[Z] = +0.0 in place (S30/S80)."""
+    weights = (named_weights(model_or_weights, zeroed) if isinstance(model_or_weights, nn.Module)
+               else model_or_weights)
+    with torch.no_grad():
+        for n, z in zeroed.items():
+            w = weights[n]
+            w.masked_fill_(z.to(w.device, torch.bool), 0.0)
+
+
+# --------------------------------------------------------------------------- ownership and masks (R3, R4)
+
+def empty_ownership(weights: Masks) -> dict[str, Tensor]:
+    """A^(0) = ∅: all-False masks shaped like ``weights``."""
+    return {n: torch.zeros(w.shape, dtype=torch.bool, device=w.device) for n, w in weights.items()}
+
+
+def free_pool(owned: Masks) -> dict[str, Tensor]:
+    """F^(t) = ¬A^(t−1)."""
+    return {n: ~a for n, a in owned.items()}
+
+
+def update_ownership(owned: Masks, new: Masks) -> dict[str, Tensor]:
+    """A^(t) = A^(t−1) ∪ N^(t) (R3); ValueError if N^(t) overlaps A^(t−1)."""
+    out = {}
+    for n, a in owned.items():
+        nw = new[n].to(a.device, torch.bool)
+        if bool((a & nw).any()):
+            raise ValueError(f"new: layer {n!r} assigns weights that an earlier task already owns")
+        out[n] = a | nw
+    return out
+
+
+def task_mask(owned_prev: Masks, new: Masks, reading: str = "A", source_mask: Masks | None = None) -> dict[str, Tensor]:
+    """M^(t) (R4). Reading A: A^(t−1) ∪ N^(t). Reading B: M^(s*) ∪ N^(t) (``source_mask`` = M^(s*); task 1 has no
+    source and both readings give N^(1))."""
+    _choice("reading", reading, READINGS)
+    if reading == "A" or source_mask is None:
+        if reading == "B" and any(bool(a.any()) for a in owned_prev.values()):
+            raise ValueError("source_mask: Reading B needs the source task's mask M^(s*) for t >= 2")
+        return {n: owned_prev[n] | new[n].to(owned_prev[n].device) for n in owned_prev}
+    return {n: source_mask[n].to(owned_prev[n].device, torch.bool) | new[n].to(owned_prev[n].device)
+            for n in owned_prev}
+
+
+def mask_from_nonzero(weights: Masks) -> dict[str, Tensor]:
+    """The alternative encoding of R4: bit = 1 iff the weight ≠ 0 (at mask-creation time)."""
+    return {n: w.detach() != 0 for n, w in weights.items()}
+
+
+def owned_from_masks(masks: Iterable[Masks]) -> dict[str, Tensor]:
+    """A^(t) = ∪_{s ≤ t} M^(s) (both readings)."""
+    out: dict[str, Tensor] | None = None
+    for m in masks:
+        out = {n: v.clone() for n, v in m.items()} if out is None else {n: out[n] | m[n] for n in out}
+    if out is None:
+        raise ValueError("masks: no task mask given")
+    return out
+
+
+# --------------------------------------------------------------------------- 1-bit storage (R4, spec test 13)
+
+@dataclass(frozen=True)
+class PackedMask:
+    """One task's mask at 1 bit per weight: ``bits`` = numpy.packbits (big bit order) of the layers' flattened
+    masks concatenated in ``names`` order; the last byte is zero-padded."""
+    bits: np.ndarray
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def n_bits(self) -> int:
+        return int(sum(math.prod(s) for s in self.shapes))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.bits.nbytes)
+
+    def as_dict(self) -> dict:
+        return {"bits": self.bits, "names": list(self.names), "shapes": [list(s) for s in self.shapes]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "PackedMask":
+        pm = cls(np.asarray(d["bits"], dtype=np.uint8), tuple(d["names"]), tuple(tuple(int(x) for x in s)
+                                                                               for s in d["shapes"]))
+        if pm.bits.size != packed_nbytes(pm.n_bits):
+            raise ValueError(f"bits: {pm.bits.size} bytes do not hold {pm.n_bits} bits")
+        return pm
+
+
+def packed_nbytes(n_bits: int) -> int:
+    """⌈n_bits / 8⌉: the stored size of a mask of n_bits weights."""
+    return (int(n_bits) + 7) // 8
+
+
+def pack_mask(mask: Masks) -> PackedMask:
+    """Pack name → bool mask (torch or numpy) into a :class:`PackedMask` (layer order = mapping order)."""
+    if not mask:
+        raise ValueError("mask: empty; pass name → bool mask for every masked layer")
+    names, shapes, flats = [], [], []
+    for n, m in mask.items():
+        a = m.detach().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m)
+        if a.dtype != np.bool_:
+            raise ValueError(f"mask[{n!r}]: expected a bool mask, got dtype {a.dtype}")
+        names.append(n)
+        shapes.append(tuple(int(x) for x in a.shape))
+        flats.append(a.ravel())
+    return PackedMask(np.packbits(np.concatenate(flats)), tuple(names), tuple(shapes))
+
+
+def unpack_mask(packed: PackedMask, device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """Inverse of :func:`pack_mask`: name → bool tensor."""
+    flat = np.unpackbits(packed.bits, count=packed.n_bits).astype(np.bool_)
+    out, off = {}, 0
+    for n, s in zip(packed.names, packed.shapes):
+        size = math.prod(s)
+        out[n] = torch.from_numpy(flat[off:off + size].reshape(s).copy()).to(device)
+        off += size
+    return out
+
+
+# --------------------------------------------------------------------------- training constraints (R5)
+
+def update_masks(phase: str, free: Masks, new: Masks | None = None, rates: Mapping[str, float] | None = None,
+                 freeze_full_rate: bool = True) -> dict[str, Tensor]:
+    """Which entries of each masked weight an optimizer step may change (R5 table), name → bool.
+
+    S20: all (task 1 training). S40: N^(1). S70: F^(t), minus the layers with rate 1 when ``freeze_full_rate``
+    (needs ``rates``). S90: N^(t)."""
+    _choice("phase", phase, PHASES)
+    if phase == "S20":
+        return {n: torch.ones_like(f, dtype=torch.bool) for n, f in free.items()}
+    if phase in ("S40", "S90"):
+        if new is None:
+            raise ValueError(f"new: phase {phase} updates only the new weights N^(t); pass them")
+        return {n: new[n].to(free[n].device, torch.bool).clone() for n in free}
+    if freeze_full_rate and rates is None:
+        raise ValueError("rates: phase S70 with freeze_full_rate=True needs the per-layer rates")
+    return {n: (torch.zeros_like(f) if freeze_full_rate and float(rates[n]) >= 1.0 else f.clone())
+            for n, f in free.items()}
+
+
+def forward_masks(phase: str, reading: str = "A", free: Masks | None = None, new: Masks | None = None,
+                  source_mask: Masks | None = None) -> dict[str, Tensor] | None:
+    """The forward mask of a training phase (§5), or None when the plain forward is already right (Reading A,
+    and S20/S40 in both readings). Reading B: S70 → M^(s*) ∪ F^(t); S90 → M^(s*) ∪ N^(t)."""
+    _choice("phase", phase, PHASES)
+    _choice("reading", reading, READINGS)
+    if reading == "A" or phase in ("S20", "S40"):
+        return None
+    if source_mask is None:
+        raise ValueError("source_mask: Reading B needs M^(s*) for the forward mask")
+    other = free if phase == "S70" else new
+    if other is None:
+        raise ValueError(f"{'free' if phase == 'S70' else 'new'}: needed for the Reading B forward mask of {phase}")
+    return {n: source_mask[n].to(other[n].device, torch.bool) | other[n] for n in other}
+
+
+def masked_forward(model: nn.Module, masks: Masks | None, *args, **kwargs):
+    """model(*args) with W ⊙ mask for the masked parameters (torch.func.functional_call; gradients reach only the
+    kept entries). ``masks`` None → plain forward. Pass the bare module, not a DDP wrapper."""
+    if masks is None:
+        return model(*args, **kwargs)
+    params = dict(model.named_parameters())
+    override = {n: torch.where(m.to(params[n].device), params[n], torch.zeros((), dtype=params[n].dtype,
+                                                                                device=params[n].device))
+                for n, m in masks.items()}
+    return torch.func.functional_call(model, override, args, kwargs)
+
+
+def _norm_param_names(model: nn.Module) -> tuple[set[str], set[str]]:
+    params, buffers = set(), set()
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, _NORM_TYPES):
+            prefix = f"{mod_name}." if mod_name else ""
+            params |= {prefix + n for n, _ in mod.named_parameters(recurse=False)}
+            buffers |= {prefix + n for n, b in mod.named_buffers(recurse=False) if b is not None}
+    return params, buffers
+
+
+def trainable_masks(model: nn.Module, weight_masks: Masks, task_index: int, bias_policy: str = "freeze",
+                    norm_policy: str = "per_task") -> dict[str, Tensor]:
+    """name → bool update mask for EVERY parameter: ``weight_masks`` (from :func:`update_masks`) for the masked
+    weights; biases / normalisation parameters per policy (trainable in task 1; afterwards only if per-task)."""
+    _choice("bias_policy", bias_policy, BIAS_POLICIES)
+    _choice("norm_policy", norm_policy, NORM_POLICIES)
+    if not (isinstance(task_index, int) and task_index >= 1):
+        raise ValueError(f"task_index: tasks are numbered from 1, got {task_index!r}")
+    norm_params, _ = _norm_param_names(model)
+    out = {}
+    for n, p in model.named_parameters():
+        if n in weight_masks:
+            m = weight_masks[n].to(p.device, torch.bool)
+            if m.shape != p.shape:
+                raise ValueError(f"weight_masks[{n!r}]: shape {tuple(m.shape)} differs from {tuple(p.shape)}")
+            out[n] = m
+        else:
+            policy = norm_policy if n in norm_params else bias_policy
+            train = task_index == 1 or policy == "per_task"
+            out[n] = torch.full(p.shape, train, dtype=torch.bool, device=p.device)
+    return out
+
+
+class FrozenGuard:
+    """Keeps the frozen entries (update mask False) of parameters bitwise unchanged across an optimizer step.
+
+    Use ``with guard: optimizer.step()`` (or ``scaler.step(optimizer)``), or :class:`MaskedOptimizer`. On entry the
+    frozen gradient entries are zeroed and the parameters snapshotted; on exit the snapshot is written back into the
+    frozen entries (``torch.where``), whatever momentum, Adam moments or weight decay did. Parameters with every
+    entry trainable cost nothing."""
+
+    def __init__(self, pairs: Iterable[tuple[Tensor, Tensor]]):
+        self._pairs = []
+        for p, m in pairs:
+            m = torch.as_tensor(m, dtype=torch.bool, device=p.device)
+            if m.shape != p.shape:
+                raise ValueError(f"mask shape {tuple(m.shape)} differs from the parameter shape {tuple(p.shape)}")
+            if not bool(m.all()):
+                self._pairs.append((p, m))
+        self._saved: list[Tensor] | None = None
+
+    @classmethod
+    def from_model(cls, model: nn.Module, trainable: Masks) -> "FrozenGuard":
+        """From name → update mask (e.g. :func:`trainable_masks`); parameters not named are left free."""
+        params = dict(model.named_parameters())
+        unknown = [n for n in trainable if n not in params]
+        if unknown:
+            raise ValueError(f"trainable: not parameters of the model: {unknown}")
+        return cls((params[n], m) for n, m in trainable.items())
+
+    def mask_grads(self) -> None:
+        for p, m in self._pairs:
+            if p.grad is not None:
+                p.grad.masked_fill_(~m, 0.0)
+
+    def __enter__(self) -> "FrozenGuard":
+        self.mask_grads()
+        self._saved = [p.detach().clone() for p, _ in self._pairs]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        saved, self._saved = self._saved, None
+        if saved is None:
+            return
+        with torch.no_grad():
+            for (p, m), s in zip(self._pairs, saved):
+                p.copy_(torch.where(m, p, s))
+
+
+class MaskedOptimizer:
+    """An optimizer whose ``step`` runs inside a :class:`FrozenGuard`; everything else is delegated.
+
+    Build LR schedulers on the inner ``optimizer`` (they check its type). With DDP, build the guard from the bare
+    module (``ddp.module``) so that the parameter names match the masks."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, guard: FrozenGuard):
+        self.optimizer = optimizer
+        self.guard = guard
+
+    def step(self, closure=None):
+        with self.guard:
+            return self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def __getattr__(self, name):
+        if name in ("optimizer", "guard"):  # not set yet (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)
+
+
+# --------------------------------------------------------------------------- per-task biases / normalisation
+
+def norm_modules(model: nn.Module) -> list[nn.Module]:
+    """BatchNorm/InstanceNorm/GroupNorm/LayerNorm modules of the model."""
+    return [m for m in model.modules() if isinstance(m, _NORM_TYPES)]
+
+
+def set_norm_eval(model: nn.Module) -> None:
+    """Put the normalisation modules in eval mode (``norm_policy="freeze"`` after task 1): running statistics are
+    used and not updated. Call after ``model.train()``, which would undo it."""
+    for m in norm_modules(model):
+        m.eval()
+
+
+def task_state_names(model: nn.Module, bias_policy: str = "freeze", norm_policy: str = "per_task") -> list[str]:
+    """The parameter/buffer names that are stored per task under the policies (not the masked weights)."""
+    _choice("bias_policy", bias_policy, BIAS_POLICIES)
+    _choice("norm_policy", norm_policy, NORM_POLICIES)
+    masked = set(masked_weight_names(model))
+    norm_params, norm_buffers = _norm_param_names(model)
+    names = []
+    for n, _ in model.named_parameters():
+        if n in masked:
+            continue
+        if (norm_policy if n in norm_params else bias_policy) == "per_task":
+            names.append(n)
+    if norm_policy == "per_task":
+        names += [n for n, _ in model.named_buffers() if n in norm_buffers]
+    return names
+
+
+def capture_task_state(model: nn.Module, names: Iterable[str]) -> dict[str, Tensor]:
+    """Detached CPU copies of the named parameters/buffers (a task's per-task state)."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise ValueError(f"names: not parameters/buffers of the model: {missing}")
+    return {n: tensors[n].detach().cpu().clone() for n in names}
+
+
+def load_task_state(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Copy a captured per-task state back into the model, in place."""
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    with torch.no_grad():
+        for n, v in state.items():
+            if n not in tensors:
+                raise ValueError(f"state: {n!r} is not a parameter/buffer of the model")
+            tensors[n].copy_(v.to(tensors[n].device))
+
+
+# --------------------------------------------------------------------------- inference (R11)
+
+def effective_weights(weights: Masks, mask: Masks) -> dict[str, Tensor]:
+    """W_inf = W ⊙ M (R11): kept where the bit is 1, +0.0 where it is 0."""
+    out = {}
+    for n, w in weights.items():
+        m = mask[n].to(w.device, torch.bool)
+        if m.shape != w.shape:
+            raise ValueError(f"mask[{n!r}]: shape {tuple(m.shape)} differs from the weight shape {tuple(w.shape)}")
+        out[n] = torch.where(m, w.detach(), torch.zeros((), dtype=w.dtype, device=w.device))
+    return out
+
+
+def apply_task(model: nn.Module, masks: Mapping[Hashable, PackedMask | Masks] | PackedMask,
+               task: Hashable | None = None, task_states: Mapping[Hashable, Mapping[str, Tensor]] | None = None,
+               inplace: bool = False) -> nn.Module:
+    """The inference model of ``task`` (S210): a copy of ``model`` (``inplace=False``) whose masked weights are
+    W ⊙ M^(task) and whose per-task state (if ``task_states`` has one for the task) is loaded.
+
+    ``masks``: task → PackedMask or name → bool mask; or a single PackedMask (then ``task`` only selects the
+    per-task state)."""
+    if isinstance(masks, PackedMask):
+        m = masks
+    else:
+        if task not in masks:
+            raise ValueError(f"task: no mask for task {task!r}; learned tasks: {list(masks)}")
+        m = masks[task]
+    out = model if inplace else copy.deepcopy(model)
+    mask = unpack_mask(m) if isinstance(m, PackedMask) else m
+    weights = named_weights(out, mask)
+    with torch.no_grad():
+        for n, w in effective_weights(weights, mask).items():
+            weights[n].copy_(w)
+    if task_states is not None and task in task_states:
+        load_task_state(out, task_states[task])
+    return out
+
+
+# --------------------------------------------------------------------------- learned-task state container
+
+@dataclass
+class ContinualState:
+    """What persists between tasks (storage unit 30): per-task packed masks, per-task unmasked state, per-task
+    estimator counts (``data_pdf[t]``) and per-task logs (JSDs, s*, rates, |F|/|Z|/|N|, scalar rate).
+
+    Tasks are kept in insertion (= arrival) order; the owned set is derived: A = ∪ M^(s)."""
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    masks: dict = field(default_factory=dict)
+    task_states: dict = field(default_factory=dict)
+    data_counts: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, names: Iterable[str] | None = None) -> "ContinualState":
+        w = named_weights(model, names)
+        return cls(tuple(w), tuple(tuple(p.shape) for p in w.values()))
+
+    def learned_tasks(self) -> list:
+        return list(self.masks)
+
+    def mask(self, task, device=None) -> dict[str, Tensor]:
+        if task not in self.masks:
+            raise ValueError(f"task: no mask for task {task!r}; learned tasks: {self.learned_tasks()}")
+        return unpack_mask(self.masks[task], device)
+
+    def owned(self, device=None) -> dict[str, Tensor]:
+        """A^(t) over the learned tasks (all False before task 1)."""
+        if not self.masks:
+            return {n: torch.zeros(s, dtype=torch.bool, device=device) for n, s in zip(self.names, self.shapes)}
+        return owned_from_masks(self.mask(t, device) for t in self.masks)
+
+    def add_task(self, task, mask: Masks, record: Mapping | None = None, task_state: Mapping | None = None,
+                 counts=None) -> None:
+        if task in self.masks:
+            raise ValueError(f"task: task {task!r} is already learned")
+        if tuple(mask) != self.names or any(tuple(mask[n].shape) != s for n, s in zip(self.names, self.shapes)):
+            raise ValueError("mask: layers or shapes differ from the state's masked layers")
+        self.masks[task] = pack_mask(mask)
+        if record is not None:
+            self.records[task] = dict(record)
+        if task_state is not None:
+            self.task_states[task] = {n: v.detach().cpu().clone() for n, v in task_state.items()}
+        if counts is not None:
+            self.data_counts[task] = np.asarray(counts).copy()
+
+    def as_dict(self) -> dict:
+        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes],
+                "masks": {t: m.as_dict() for t, m in self.masks.items()},
+                "task_states": self.task_states, "data_counts": self.data_counts, "records": self.records}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ContinualState":
+        return cls(tuple(d["names"]), tuple(tuple(s) for s in d["shapes"]),
+                   {t: PackedMask.from_dict(m) for t, m in d["masks"].items()},
+                   dict(d.get("task_states", {})), dict(d.get("data_counts", {})), dict(d.get("records", {})))
