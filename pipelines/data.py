@@ -254,20 +254,22 @@ def _dataset_from_numpy(x: np.ndarray, y: np.ndarray | None, rows_per_block: int
     return ray.data.from_arrow(tables)
 
 
-def to_datasets(arrays: dict[str, tuple[np.ndarray, np.ndarray]], name: str) -> DataBundle:
+def to_datasets(arrays: dict[str, tuple[np.ndarray, np.ndarray]], name: str,
+                splits: tuple[str, ...] = SPLITS) -> DataBundle:
     """Ray Datasets for ``{split: (x, y)}`` arrays (e.g. :func:`embedded_digits_shift`).
 
     Built with ``ray.data.from_arrow`` from tensor-column arrow tables (no per-row Python).
     ``target_train`` gets only the ``x`` column: its labels are never passed on.
-    ``num_classes`` = max label over the labelled splits + 1.
+    ``num_classes`` = max label over the labelled splits + 1. ``splits``: the splits expected
+    (a method that needs fewer, e.g. a GAN's ``source_train``/``source_val``, passes those).
     """
-    missing = [k for k in SPLITS if k not in arrays]
-    extra = [k for k in arrays if k not in SPLITS]
+    missing = [k for k in splits if k not in arrays]
+    extra = [k for k in arrays if k not in splits]
     if missing or extra:
-        raise ValueError(f"arrays: splits must be exactly {', '.join(SPLITS)}; "
+        raise ValueError(f"arrays: splits must be exactly {', '.join(splits)}; "
                          f"missing: {missing or 'none'}, unknown: {extra or 'none'}")
     shapes = set()
-    for k in SPLITS:
+    for k in splits:
         x, y = arrays[k]
         if x.ndim < 2 or len(x) != len(y):
             raise ValueError(f"arrays[{k!r}]: x must be (N, *input_shape) with N == len(y); "
@@ -277,12 +279,12 @@ def to_datasets(arrays: dict[str, tuple[np.ndarray, np.ndarray]], name: str) -> 
             raise ValueError(f"arrays[{k!r}]: labels must be >= 0 in a labelled split")
     if len(shapes) != 1:
         raise ValueError(f"arrays: every split must have the same input shape; got {sorted(shapes)}")
-    labelled = [np.asarray(arrays[k][1]) for k in LABELLED_SPLITS if len(arrays[k][1])]
+    labelled = [np.asarray(arrays[k][1]) for k in LABELLED_SPLITS if k in arrays and len(arrays[k][1])]
     num_classes = int(max(int(y.max()) for y in labelled)) + 1 if labelled else 0
     datasets = {k: _dataset_from_numpy(arrays[k][0], None if k == "target_train" else arrays[k][1])
-                for k in SPLITS}
+                for k in splits}
     return DataBundle(datasets=datasets, input_shape=shapes.pop(), num_classes=num_classes,
-                      sizes={k: int(len(arrays[k][0])) for k in SPLITS}, name=name)
+                      sizes={k: int(len(arrays[k][0])) for k in splits}, name=name)
 
 
 # =============================================================================================
@@ -767,6 +769,65 @@ def read_parquet(path: str, image_shape: tuple[int, ...] | None = None, seed: in
                            seed=seed, val_fraction=val_fraction))
     return DataBundle(datasets=datasets, input_shape=info["input_shape"], num_classes=info["num_classes"],
                       sizes=dict(info["sizes"]), name=str(path))
+
+
+# =============================================================================================
+# Embedded image sets for generative models (no domain shift): digits and natural-image patches
+# =============================================================================================
+
+IMAGE_SETS = ("digits", "patches")
+GAN_SPLITS = ("source_train", "source_val")
+
+
+def natural_patches(image_size: int = 16, n: int = 2400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Grey-level patches of the two photographs scikit-learn ships (``china.jpg``, ``flower.jpg``).
+
+    Each patch: a random ``2·image_size`` square crop, averaged 2×2 down to ``image_size`` (so it keeps
+    real high-frequency texture without aliasing), rotated by k·90°, scaled to [0, 1]. Label =
+    4·(photo index) + k: 8 classes, which the Fréchet-distance feature classifier learns to tell
+    apart. float32 ``(n, 1, S, S)``, int64 labels; deterministic in ``seed``."""
+    if image_size < 8 or image_size > 64:
+        raise ValueError(f"image_size: {image_size}; allowed: 8..64 for the patches")
+    from sklearn.datasets import load_sample_images
+
+    photos = [im.astype(np.float64).mean(axis=2) / 255.0 for im in load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    big = 2 * image_size
+    xs = np.empty((n, 1, image_size, image_size), np.float32)
+    ys = np.empty(n, np.int64)
+    for i in range(n):
+        p, k = int(rng.integers(len(photos))), int(rng.integers(4))
+        img = photos[p]
+        r, c = int(rng.integers(img.shape[0] - big + 1)), int(rng.integers(img.shape[1] - big + 1))
+        crop = img[r:r + big, c:c + big].reshape(image_size, 2, image_size, 2).mean(axis=(1, 3))
+        xs[i, 0] = np.rot90(crop, k)
+        ys[i] = 4 * p + k
+    return xs, ys
+
+
+def embedded_images(name: str = "digits", image_size: int = 16, seed: int = 0,
+                    val_fraction: float = 0.2) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"source_train": (x, y), "source_val": (x, y)}``: all 1797 digits upsampled to ``image_size``
+    (:func:`digits_images`) or :func:`natural_patches`, split stratified by label with ``seed``."""
+    if name not in IMAGE_SETS:
+        raise ValueError(f"data.source: {name!r}; allowed: {', '.join(IMAGE_SETS)} or a parquet file/dir")
+    from sklearn.model_selection import train_test_split
+
+    x, y = digits_images(image_size) if name == "digits" else natural_patches(image_size, seed=seed)
+    tr, va = train_test_split(np.arange(len(x)), test_size=val_fraction, stratify=y, random_state=seed)
+    return {"source_train": (x[tr], y[tr]), "source_val": (x[va], y[va])}
+
+
+def build_images(cfg) -> DataBundle:
+    """Registry hook for generative methods: real images in ``source_train`` (train) and
+    ``source_val`` (held out), labelled (the labels train only the evaluation feature classifier).
+    Embedded ``digits`` / ``patches``, or a parquet file/dir (its labelled source rows)."""
+    d = cfg.data
+    if d.source in IMAGE_SETS:
+        return to_datasets(embedded_images(d.source, d.image_size, cfg.seed, d.val_fraction),
+                           f"embedded-{d.source}-{d.image_size}px", splits=GAN_SPLITS)
+    return read_parquet(str(d.source), tuple(d.image_shape) if d.image_shape else None, seed=cfg.seed,
+                        val_fraction=d.val_fraction)
 
 
 # =============================================================================================

@@ -86,6 +86,12 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
     spec = get_method(method)
     if bundle is None:
         bundle = preflight(spec, cfg)
+    prepared = None
+    if spec.prepare is not None:  # driver-side precomputation, before the MLflow run exists
+        try:
+            prepared = spec.prepare(cfg, bundle)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(str(e)) from None
     run_name = run_name or unique_run_name(method)
     experiment = cfg.tracking.experiment or f"trainlab/{method}"
     uri = tracking.tracking_uri()
@@ -102,6 +108,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes,
         "sizes": bundle.sizes, "stop_file": stop_file,
         "cache_in_memory": getattr(getattr(cfg, "data", None), "cache_in_memory", True),
+        "prepared": prepared,
     }
     s = cfg.scaling
     trainer = TorchTrainer(
@@ -112,7 +119,10 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         run_config=RunConfig(
             name=run_name, storage_path=storage, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep)),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.checkpoints_to_keep,
+                **({"checkpoint_score_attribute": spec.checkpoint_score[0],
+                    "checkpoint_score_order": spec.checkpoint_score[1]} if spec.checkpoint_score else {}))),
         datasets=bundle.datasets,
     )
     try:

@@ -24,6 +24,8 @@ class MethodSpec:
     summary_metrics: tuple[str, ...] = ()            # shown in the terminal summary table
     variant_field: str | None = "variant"            # method.<field> reported as the MLflow tag
     check: Callable[[Any, Any], None] | None = None  # driver-side (cfg, bundle) checks before workers start
+    prepare: Callable[[Any, Any], dict] | None = None  # driver-side (cfg, bundle) -> facts for every worker
+    checkpoint_score: tuple[str, str] | None = None  # (metric, "max"|"min"): keep the best checkpoints by it
 
 
 def _decorrelation() -> MethodSpec:
@@ -89,10 +91,47 @@ def _mixture_sparsity() -> MethodSpec:
     )
 
 
+def _ssd2gan() -> MethodSpec:
+    from pipelines.data import build_images
+    from trainers.ssd2gan.config import Ssd2ganConfig
+    from trainers.ssd2gan.loop import check, prepare, train_loop_per_worker
+
+    return MethodSpec(
+        key="ssd2gan",
+        patent=_SUMMARIES["ssd2gan"][0],
+        summary=_SUMMARIES["ssd2gan"][1],
+        config_cls=Ssd2ganConfig,
+        train_loop=train_loop_per_worker,
+        check=check,
+        prepare=prepare,
+        build_data=build_images,
+        train_split="source_train",
+        metric="best_fd",
+        mode="min",
+        search_space={
+            "method.alpha": {"uniform": [0.5, 0.95]},
+            "method.lambda_c": {"loguniform": [1e-4, 1e-1]},
+            "train.lr": {"loguniform": [5e-5, 1e-3]},
+            "method.lr_d": {"loguniform": [5e-5, 1e-3]},
+            "method.transform": {"choice": ["dct", "dft"]},
+            "method.consistency_on": {"choice": ["both", "real", "fake"]},
+        },
+        quick={"train": {"epochs": 3, "batch_size": 32},
+               "model": {"z_dim": 32, "g_width": 16, "d_width": 16},
+               "method": {"eval_every": 15, "fd_samples": 256, "grid_size": 4}},
+        summary_metrics=("best_fd", "fd", "fd_val", "spectral_error", "spectral_error_high", "loss_g", "loss_ds",
+                         "loss_df", "loss_consistency", "step"),
+        checkpoint_score=("fd", "min"),
+    )
+
+
 _BUILDERS: dict[str, Callable[[], MethodSpec]] = {"decorrelation": _decorrelation,
+                                                  "ssd2gan": _ssd2gan,
                                                   "mixture_sparsity": _mixture_sparsity}
 _SUMMARIES = {
     "decorrelation": ("JP7566705B2", "penalise inter-channel correlation of features of labelled and unlabelled data"),
+    "ssd2gan": ("JP7464138B2", "GAN with a spatial and a frequency-domain (DCT/DFT) discriminator, "
+                               "trade-off α, consistency λc"),
     "mixture_sparsity": ("JP7085158B2", "mixture-distribution penalty on row/column norms: controllable, "
                                         "physical structured pruning"),
 }

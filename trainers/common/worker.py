@@ -228,6 +228,19 @@ class Worker:
         batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if np.isfinite(v)]
         self._mlflow.log_batch(self.run["mlflow_run_id"], metrics=batch)
 
+    def log_steps(self, series: dict[str, Any], first_step: int) -> None:
+        """Per-step values logged in a few batched calls (not one round trip per step):
+        ``series[name][i]`` is logged at step ``first_step + i``."""
+        if self._mlflow is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        rows = [Metric(k, float(v), ts, first_step + i) for k, vals in series.items()
+                for i, v in enumerate(vals) if np.isfinite(v)]
+        for i in range(0, len(rows), 1000):  # MLflow's batch limit
+            self._mlflow.log_batch(self.run["mlflow_run_id"], metrics=rows[i:i + 1000])
+
     def set_tags(self, tags: dict[str, str]) -> None:
         if self._mlflow is not None:
             for k, v in tags.items():
@@ -237,12 +250,12 @@ class Worker:
         if self._mlflow is not None:
             self._mlflow.log_artifact(self.run["mlflow_run_id"], str(path), artifact_path)
 
-    def log_figure(self, fig, name: str) -> None:
+    def log_figure(self, fig, name: str, artifact_dir: str = "plots") -> None:
         if self._mlflow is not None:
             with tempfile.TemporaryDirectory() as d:
                 p = Path(d) / name
                 fig.savefig(p, dpi=110, bbox_inches="tight")
-                self.log_artifact(p, "plots")
+                self.log_artifact(p, artifact_dir)
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         if self._mlflow is None or not self.cfg.tracking.log_model:
