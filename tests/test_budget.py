@@ -45,3 +45,10 @@ def test_bad_arguments(kw, frag):
     args = dict(f=lambda u: u, target=0.5, lo=0.0, hi=1.0, start=0.5, tolerance=0.1, max_evals=3) | kw
     with pytest.raises(ValueError, match=frag):
         bisect_knob(**args)
+
+
+def test_interpolation_needs_fewer_evaluations_than_halving_on_a_smooth_curve():
+    """The pruned fraction is smooth in logit α0: once bracketed, interpolation lands close at once."""
+    f = lambda u: 1 / (1 + math.exp(-(u - 5.3)))  # noqa: E731
+    b = bisect_knob(f, 0.5, -3.0, 14.0, start=0.85, tolerance=0.03, max_evals=10)
+    assert b.converged and len(b.evaluations) <= 5, b.evaluations   # halving alone needs 6 here

@@ -210,6 +210,18 @@ def _logged_model(run) -> bool:
 
 
 @pytest.mark.e2e
+def test_three_models_train_data_parallel_on_two_workers(ray_session, workdir):
+    """G, Ds and Df are each DDP modules on 2 gloo workers; the G step skips Ds/Df's all-reduce."""
+    res = CliRunner().invoke(app, ["run", "ssd2gan", "--quick", "--num-workers", "2", "--set", "train.epochs=2",
+                                   "--set", "tracking.log_model=false"])
+    assert res.exit_code == 0, res.output
+    (run,) = _runs()
+    m = run.data.metrics
+    assert run.info.status == "FINISHED" and run.data.params["scaling.num_workers"] == "2"
+    assert all(np.isfinite(m[k]) for k in ("loss_g", "loss_ds", "loss_df", "fd"))
+
+
+@pytest.mark.e2e
 def test_a_run_resumes_from_its_checkpoint_and_continues_the_step_count(ray_session, workdir):
     """The checkpoint holds G, Ds, Df and the three optimisers; rerunning the same run name restores it."""
     from pipelines.run import train

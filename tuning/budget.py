@@ -34,14 +34,18 @@ def bisect_knob(f: Callable[[float], float], target: float, lo: float, hi: float
                 tolerance: float, max_evals: int) -> Bisection:
     """Find u in [lo, hi] with |f(u) − target| <= tolerance for a (weakly, noisily) increasing f.
 
-    Starts at ``start`` (the user's own value), then halves the bracket that must hold the target.
-    Returns the evaluation closest to the target in any case (``converged`` says whether it is
-    within the tolerance)."""
+    Starts at ``start`` (the user's own value) and keeps a bracket [lo, hi] that must hold the
+    target. Once both ends have been measured, the next point is the linear interpolation between
+    them (regula falsi), kept at least 10% of the bracket away from either end so the bracket
+    always shrinks; before that, the midpoint. Returns the evaluation closest to the target in any
+    case (``converged`` says whether it is within the tolerance)."""
     if not lo < hi:
         raise ValueError(f"bisect_knob: empty range [{lo}, {hi}]")
     if max_evals < 1:
         raise ValueError(f"bisect_knob: max_evals = {max_evals}; allowed: >= 1")
     evals: list[tuple[float, float]] = []
+    f_lo: float | None = None
+    f_hi: float | None = None
     u = min(max(start, lo), hi)
     for _ in range(max_evals):
         v = float(f(u))
@@ -49,10 +53,14 @@ def bisect_knob(f: Callable[[float], float], target: float, lo: float, hi: float
         if abs(v - target) <= tolerance:
             break
         if v < target:
-            lo = u
+            lo, f_lo = u, v
         else:
-            hi = u
-        u = (lo + hi) / 2
+            hi, f_hi = u, v
+        if f_lo is not None and f_hi is not None and f_hi > f_lo:
+            u = lo + (target - f_lo) * (hi - lo) / (f_hi - f_lo)
+            u = min(max(u, lo + 0.1 * (hi - lo)), hi - 0.1 * (hi - lo))
+        else:
+            u = (lo + hi) / 2
     best_u, best_v = min(evals, key=lambda e: abs(e[1] - target))
     return Bisection(best_u, best_v, evals, abs(best_v - target) <= tolerance)
 

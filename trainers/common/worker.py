@@ -127,6 +127,17 @@ class ShardLoader:
             yield from self.shard.iter_torch_batches(batch_size=batch_size, device=self.device)
 
 
+def _quiet_train_reports() -> None:
+    """Ray Train logs every report (the whole metrics dict) and every checkpoint at INFO from every
+    worker; rank 0's epoch line already says it. ``TRAINLAB_DATA_PROGRESS=1`` keeps them."""
+    if os.environ.get("TRAINLAB_DATA_PROGRESS") == "1":
+        return
+    from ray.train.v2._internal.execution import context, storage
+
+    for name in (context.__file__, storage.__name__):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class Worker:
     """Per-worker context handed to each method's loop."""
 
@@ -134,6 +145,7 @@ class Worker:
         import ray.train
         import ray.train.torch
 
+        _quiet_train_reports()
         self.cfg = config_cls.model_validate(loop_config["cfg"])
         self.run = loop_config["run"]          # driver facts: run id, tracking URI, sizes, steps...
         ctx = ray.train.get_context()
