@@ -187,7 +187,8 @@ def test_quick_run_logs_losses_quality_and_artifacts(ray_session, workdir):
     (run,) = _runs()
     assert run.info.status == "FINISHED" and run.data.tags["variant"] == "V3"
     m = run.data.metrics
-    for k in ("loss_g", "loss_ds", "loss_df", "loss_consistency", "fd", "fd_val", "best_fd", "spectral_error",
+    for k in ("loss_g", "loss_ds", "loss_df", "loss_consistency", "loss_g_avg", "fd", "fd_val", "best_fd",
+              "spectral_error",
               "spectral_error_high"):
         assert k in m and np.isfinite(m[k]), k
     cfg = load_config("ssd2gan", quick=True)

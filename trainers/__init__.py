@@ -119,21 +119,56 @@ def _ssd2gan() -> MethodSpec:
         quick={"train": {"epochs": 3, "batch_size": 32},
                "model": {"z_dim": 32, "g_width": 16, "d_width": 16},
                "method": {"eval_every": 15, "fd_samples": 256, "grid_size": 4}},
-        summary_metrics=("best_fd", "fd", "fd_val", "spectral_error", "spectral_error_high", "loss_g", "loss_ds",
-                         "loss_df", "loss_consistency", "step"),
+        summary_metrics=("best_fd", "fd", "fd_val", "spectral_error", "spectral_error_high", "loss_g_avg",
+                         "loss_ds_avg", "loss_df_avg", "loss_consistency_avg", "step"),
         checkpoint_score=("fd", "min"),
+    )
+
+
+def _continual() -> MethodSpec:
+    from pipelines.data import build_task_stream
+    from trainers.continual.config import ContinualConfig
+    from trainers.continual.loop import check, prepare, train_loop_per_worker
+
+    return MethodSpec(
+        key="continual",
+        patent=_SUMMARIES["continual"][0],
+        summary=_SUMMARIES["continual"][1],
+        config_cls=ContinualConfig,
+        train_loop=train_loop_per_worker,
+        check=check,
+        prepare=prepare,
+        build_data=build_task_stream,
+        train_split="train",
+        metric="avg_acc",
+        mode="max",
+        search_space={
+            "train.lr": {"loguniform": [5e-4, 1e-2]},
+            "train.epochs": {"choice": [2, 4, 6]},
+            "method.finetune_epochs": {"choice": [0, 1, 2]},
+            "method.task1_profile": {"choice": ["fig5a", "fig5b"]},
+            "method.granularity": {"choice": ["weight", "filter"]},
+        },
+        quick={"train": {"epochs": 6, "batch_size": 32, "lr": 5e-3},
+               "data": {"num_tasks": 3, "image_size": 16},
+               "method": {"finetune_epochs": 1}},
+        summary_metrics=("avg_acc", "bwt", "acc_task_1", "acc_task_2", "acc_task_3", "acc_task_4", "acc_task_5",
+                         "jsd_to_source", "new_weights", "free_weights"),
     )
 
 
 _BUILDERS: dict[str, Callable[[], MethodSpec]] = {"decorrelation": _decorrelation,
                                                   "ssd2gan": _ssd2gan,
-                                                  "mixture_sparsity": _mixture_sparsity}
+                                                  "mixture_sparsity": _mixture_sparsity,
+                                                  "continual": _continual}
 _SUMMARIES = {
     "decorrelation": ("JP7566705B2", "penalise inter-channel correlation of features of labelled and unlabelled data"),
     "ssd2gan": ("JP7464138B2", "GAN with a spatial and a frequency-domain (DCT/DFT) discriminator, "
                                "trade-off α, consistency λc"),
     "mixture_sparsity": ("JP7085158B2", "mixture-distribution penalty on row/column norms: controllable, "
                                         "physical structured pruning"),
+    "continual": ("JP7600768B2", "continual learning with per-layer zeroing rates set by layer depth and task "
+                                 "similarity (JSD); 1-bit masks per task, no forgetting"),
 }
 
 

@@ -182,7 +182,9 @@ def train_loop_per_worker(config: dict) -> None:
         steps = torch.stack(rows)                                   # (eval_every, len(LOSS_KEYS)) on device
         means = all_reduce_sum(steps.double().sum(0)).cpu() / (len(rows) * w.world_size)
         step = epoch * m.eval_every
-        metrics = {k: means[i].item() for i, k in enumerate(LOSS_KEYS)} | {"step": float(step)}
+        # per-step values go to MLflow under their own names (step = G step); the interval means that
+        # Tune and the summary see are "<name>_avg" (step = evaluation index, like every method's epoch)
+        metrics = {f"{k}_avg": means[i].item() for i, k in enumerate(LOSS_KEYS)} | {"step": float(step)}
         if w.is_chief:
             w.log_steps(dict(zip(LOSS_KEYS, steps.cpu().double().numpy().T)), first_step=step - len(rows) + 1)
             metrics.update(quality.measure(base["g"]))
@@ -192,8 +194,8 @@ def train_loop_per_worker(config: dict) -> None:
         best_fd = float(all_reduce_sum(torch.tensor([best_fd if w.is_chief else 0.0], dtype=torch.float64)).item())
         metrics["best_fd"] = best_fd
         history.append(dict(metrics, epoch=epoch))
-        w.say(f"[ssd2gan] step {step} ({m.variant}) L_G={metrics['loss_g']:.3f} L_Ds={metrics['loss_ds']:.3f} "
-              f"L_Df={metrics['loss_df']:.3f} fd={metrics.get('fd', float('nan')):.2f} "
+        w.say(f"[ssd2gan] step {step} ({m.variant}) L_G={metrics['loss_g_avg']:.3f} L_Ds={metrics['loss_ds_avg']:.3f} "
+              f"L_Df={metrics['loss_df_avg']:.3f} fd={metrics.get('fd', float('nan')):.2f} "
               f"spectral_error_high={metrics.get('spectral_error_high', float('nan')):.3f}")
         user_stop = w.stop_requested()
         last = epoch == cfg.train.epochs or user_stop
