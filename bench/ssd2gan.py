@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--data", choices=("digits", "patches"), default="digits")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (= logical CPUs) per training worker")
     ap.add_argument("--name", default=None, help="results file name (default ssd2gan[_<data>])")
     args = ap.parse_args()
     if args.steps % args.eval_every:
@@ -45,11 +46,13 @@ def main() -> None:
     os.chdir(store)
     from mlflow.tracking import MlflowClient
 
+    from pipelines.cluster import init_ray
     from pipelines.run import load_config, train
 
+    init_ray(num_cpus=args.threads + 2)  # logical CPUs: the worker's threads + spare for Ray Data
     epochs = args.steps // args.eval_every
     base = [f"data.source={args.data}", f"train.epochs={epochs}", f"method.eval_every={args.eval_every}",
-            "tracking.log_model=false"]
+            "tracking.log_model=false", f"scaling.cpus_per_worker={args.threads}"]
     t0 = time.time()
     rows: dict[str, list[dict]] = {}
     for v in args.variants:
