@@ -127,7 +127,9 @@ def parse_set_args(items: list[str] | None) -> dict:
         try:
             flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({e})") from None
+            why = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({why}); quote it, e.g. "
+                              f"--set '{key}=\"...\"'") from None
     return dotted_to_nested(flat)
 
 
@@ -138,7 +140,9 @@ def read_yaml(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config {p}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"--config {p}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {p}: the top level must be a mapping of sections, got {type(data).__name__}")
     return data
