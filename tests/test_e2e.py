@@ -105,16 +105,43 @@ def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     (["sweep", "decorrelation", "--max-concurrent", "8", "--num-workers", "2"], "concurrent trial"),
     (["sweep", "decorrelation", "--scheduler", "pbt"], "--scheduler"),
     (["sweep", "decorrelation", "--grace-period", "50"], "--grace-period: 50; allowed: 1..12"),
+    (["sweep", "decorrelation", "--num-samples", "0"], "--num-samples: 0 out of range; allowed: 1..10000"),
+    (["sweep", "decorrelation", "--search", "bayes"], "--search: 'bayes'; allowed: random, optuna"),
+    (["sweep", "decorrelation", "--space", "nospace.yaml"], "nospace.yaml"),
+    (["run", "decorrelation", "--seed", "-1"], "seed"),
+    (["run", "decorrelation", "--cpus-per-worker", "0"], "scaling.cpus_per_worker"),
+    (["run", "decorrelation", "--cpus-per-worker", "64"], "CPU"),
+    (["run", "decorrelation", "--set", "scaling.data_cpus=100"], "CPU"),
+    (["run", "decorrelation", "--set", "train.lr=0"], "train.lr: Input should be greater than 0"),
+    (["run", "decorrelation", "--set", "train.epochs=0"], "train.epochs"),
+    (["run", "decorrelation", "--set", "nosuch.key=1"], "nosuch: unknown key"),
+    (["run", "decorrelation", "--set", "train.lr=[1"], "--set train.lr: value '[1' is not valid YAML"),
+    (["run", "decorrelation", "--set", "train.lr"], "expected key=value"),
+    (["run", "decorrelation", "--config", "missing.yaml"], "--config missing.yaml: file not found"),
+    (["run", "decorrelation", "--set", "data.source=garbage.parquet"], "garbage.parquet"),
+    (["run", "mixture_sparsity", "--set", "method.weights=[0.5, 0.6]"], "method.weights: [0.5, 0.6] must be >= 0 and sum to 1"),
+    (["run", "mixture_sparsity", "--set", "method.stds=[0.5, 0]"], "method.stds"),
+    (["run", "mixture_sparsity", "--set", "method.groups=[fc9:rows]"], "unknown layer 'fc9'"),
+    (["run", "mixture_sparsity", "--set", "method.budget=1.5"], "method.budget"),
+    (["run", "mixture_sparsity", "--set", "method.budget=0.5", "--set", "method.regularizer=none"],
+     "method.budget_search: calibrate needs a regulariser"),
+    (["run", "mixture_sparsity", "--set", "model.name=cnn", "--set", "method.groups=[conv0:rows]"], "image_hw"),
+    (["run", "ssd2gan", "--set", "method.alpha=1.5"], "method.alpha"),
+    (["run", "ssd2gan", "--set", "method.lambda_c=-1"], "method.lambda_c"),
+    (["run", "ssd2gan", "--set", "method.transform=wavelet"], "method.transform"),
+    (["run", "ssd2gan", "--set", "method.dft_mode=magnitude"], "method.dft_mode"),
+    (["run", "ssd2gan", "--set", "data.source=noimages"], "noimages"),
+    (["run", "ssd2gan", "--num-workers", "3"], "a multiple of 3"),
 ])
 def test_bad_input_fails_fast_with_one_clear_message(ray_session, workdir, args, fragment):
+    (workdir / "garbage.parquet").write_bytes(b"this is not parquet")
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 2, res.output
     assert fragment in res.output, res.output
     assert "Traceback" not in res.output
-    # nothing was started: no MLflow run was created
+    # nothing was started: no MLflow run was created in any experiment
     c = _client()
-    exp = c.get_experiment_by_name("trainlab/decorrelation")
-    assert exp is None or not c.search_runs([exp.experiment_id])
+    assert not c.search_runs([e.experiment_id for e in c.search_experiments()])
 
 
 @pytest.mark.parametrize("sets,stop_reason,recommends,epochs", [
