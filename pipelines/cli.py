@@ -193,6 +193,63 @@ def demo_cmd(
                   "`trainlab sweep decorrelation --quick --num-samples 4`.", highlight=False, soft_wrap=True)
 
 
+@app.command("predict")
+def predict_cmd(
+    method: str = typer.Argument(..., help="method key; only `continual` has a predict path"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="checkpoint directory of the run (or its state.pt)"),
+    task: str = typer.Option(..., "--task", help="continual: task to infer with (1-based index or task name)"),
+    input_: str = typer.Option(..., "--input", help=".npy file: (N, C, H, W) float inputs (or one input)"),
+    output: Optional[str] = typer.Option(None, "--output", help="write the predicted labels here (.npy)"),
+) -> None:
+    """Predict with a trained run: `continual` masks the shared weights with the task's mask (W ⊙ M^(task))."""
+    with _reported_errors():
+        if method != "continual":
+            raise ValueError(f"predict: method {method!r} has no predict path; allowed: continual")
+        import numpy as np
+
+        from trainers.continual.inference import predict
+
+        if not Path(input_).is_file():
+            raise ValueError(f"--input {input_}: file not found (expected a .npy array)")
+        try:
+            x = np.load(input_, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--input {input_}: not a .npy array ({e})") from None
+        labels = predict(checkpoint, task, x)
+        if output:
+            np.save(output, labels)
+    t = Table(title=f"trainlab predict continual — task {task}, {len(labels)} inputs")
+    t.add_column("label")
+    t.add_column("count")
+    for v, c in zip(*np.unique(labels, return_counts=True)):
+        t.add_row(str(int(v)), str(int(c)))
+    console.print(t)
+    if output:
+        console.print(f"labels written to {output}", highlight=False, soft_wrap=True)
+    else:
+        console.print(" ".join(map(str, labels.tolist())), highlight=False, soft_wrap=True)
+
+
+@app.command("sync-mlflow")
+def sync_mlflow_cmd(
+    pending: Optional[str] = typer.Argument(None, help="directory of parked calls (default: ./trainlab_runs/"
+                                                      "mlflow_pending, see TRAINLAB_MLFLOW_PENDING)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="send to this server instead"),
+) -> None:
+    """Send the MLflow calls a run kept locally while the tracking server was unreachable."""
+    from pipelines.tracking import pending_dir
+    from trainers.common.run_logger import replay
+
+    path = pending or pending_dir()
+    if not Path(path).is_dir():
+        console.print(f"nothing to sync: {path} does not exist", highlight=False)
+        return
+    sent, left = replay(path, tracking_uri)
+    console.print(f"sent {sent} parked MLflow call(s) from {path}; {left} still parked", highlight=False)
+    if left:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

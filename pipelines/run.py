@@ -109,6 +109,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         "sizes": bundle.sizes, "stop_file": stop_file,
         "cache_in_memory": getattr(getattr(cfg, "data", None), "cache_in_memory", True),
         "prepared": prepared,
+        "mlflow_pending_dir": tracking.pending_dir(),
     }
     s = cfg.scaling
     trainer = TorchTrainer(

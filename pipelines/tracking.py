@@ -99,13 +99,28 @@ def start_run(experiment: str, run_name: str, config: dict, tags: dict[str, str]
     return rid
 
 
-def end_run(run_id: str, status: str = "FINISHED", tags: dict[str, Any] | None = None) -> None:
-    from mlflow.tracking import MlflowClient
+def pending_dir() -> str:
+    """Where MLflow calls that could not be delivered are kept (:mod:`trainers.common.run_logger`):
+    ``TRAINLAB_MLFLOW_PENDING``, else ``<storage>/mlflow_pending`` for local storage, else
+    ``~/.cache/trainlab/mlflow_pending``."""
+    if os.environ.get("TRAINLAB_MLFLOW_PENDING"):
+        return os.environ["TRAINLAB_MLFLOW_PENDING"]
+    from pipelines.run import storage_root
 
-    client = MlflowClient(tracking_uri())
+    root = storage_root()
+    if "://" not in root:
+        return str(Path(root) / "mlflow_pending")
+    return str(Path(os.environ.get("TRAINLAB_CACHE", Path.home() / ".cache" / "trainlab")) / "mlflow_pending")
+
+
+def end_run(run_id: str, status: str = "FINISHED", tags: dict[str, Any] | None = None) -> None:
+    """Tag and close a run; if the server is unreachable, park the calls (nothing is lost)."""
+    from trainers.common.run_logger import RunLogger
+
+    rl = RunLogger(tracking_uri(), run_id, pending_dir())
     for k, v in (tags or {}).items():
-        client.set_tag(run_id, k, str(v))
-    client.set_terminated(run_id, status=status)
+        rl.set_tag(k, str(v))
+    rl._call("set_terminated", {"status": status})
 
 
 def ui_hint() -> str:

@@ -25,6 +25,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from trainers.common.run_logger import RunLogger
 import torch.distributed as dist
 
 log = logging.getLogger("trainlab")
@@ -158,14 +160,14 @@ class Worker:
         seed_everything(self.cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
         self.local_batch = self.cfg.train.batch_size // self.world_size
         self.steps_per_epoch: int = self.run["steps_per_epoch"]
-        self._mlflow = None
+        self._mlflow: RunLogger | None = None
         self._t0 = time.perf_counter()
         if self.is_chief and self.run.get("mlflow_run_id"):
             import mlflow
-            from mlflow.tracking import MlflowClient
 
             mlflow.set_tracking_uri(self.run["tracking_uri"])
-            self._mlflow = MlflowClient(self.run["tracking_uri"])
+            self._mlflow = RunLogger(self.run["tracking_uri"], self.run["mlflow_run_id"],
+                                     self.run.get("mlflow_pending_dir") or tempfile.gettempdir())
 
     # -- data ---------------------------------------------------------------------------------
     def loader(self, name: str, batch_size: int | None = None) -> ShardLoader:
@@ -234,33 +236,26 @@ class Worker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self._mlflow is None:
             return
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items() if np.isfinite(v)]
-        self._mlflow.log_batch(self.run["mlflow_run_id"], metrics=batch)
+        self._mlflow.log_metrics([(k, float(v), ts, step) for k, v in metrics.items() if np.isfinite(v)])
 
     def log_steps(self, series: dict[str, Any], first_step: int) -> None:
         """Per-step values logged in a few batched calls (not one round trip per step):
         ``series[name][i]`` is logged at step ``first_step + i``."""
         if self._mlflow is None:
             return
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        rows = [Metric(k, float(v), ts, first_step + i) for k, vals in series.items()
-                for i, v in enumerate(vals) if np.isfinite(v)]
-        for i in range(0, len(rows), 1000):  # MLflow's batch limit
-            self._mlflow.log_batch(self.run["mlflow_run_id"], metrics=rows[i:i + 1000])
+        self._mlflow.log_metrics([(k, float(v), ts, first_step + i) for k, vals in series.items()
+                                  for i, v in enumerate(vals) if np.isfinite(v)])
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self._mlflow is not None:
             for k, v in tags.items():
-                self._mlflow.set_tag(self.run["mlflow_run_id"], k, str(v))
+                self._mlflow.set_tag(k, str(v))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._mlflow is not None:
-            self._mlflow.log_artifact(self.run["mlflow_run_id"], str(path), artifact_path)
+            self._mlflow.log_artifact(path, artifact_path)
 
     def log_figure(self, fig, name: str, artifact_dir: str = "plots") -> None:
         if self._mlflow is not None:
@@ -276,10 +271,17 @@ class Worker:
         import mlflow.pytorch
 
         model = getattr(model, "module", model)
-        with mlflow.start_run(run_id=self.run["mlflow_run_id"]):
-            # explicit requirements: MLflow's inference re-imports the model in a subprocess (slow)
-            mlflow.pytorch.log_model(model.cpu().eval(), name="model", input_example=example.cpu().numpy()[:2],
-                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        reqs = [f"torch=={torch.__version__.split('+')[0]}"]
+        try:
+            with mlflow.start_run(run_id=self.run["mlflow_run_id"]):
+                # explicit requirements: MLflow's inference re-imports the model in a subprocess (slow)
+                mlflow.pytorch.log_model(model.cpu().eval(), name="model", input_example=example.cpu().numpy()[:2],
+                                         pip_requirements=reqs)
+        except Exception as e:  # noqa: BLE001 - tracking server down: keep the model as parked artifacts
+            log.warning("log_model failed (%s); the model is kept for `trainlab sync-mlflow`", e)
+            with tempfile.TemporaryDirectory() as d:
+                mlflow.pytorch.save_model(model.cpu().eval(), f"{d}/model", pip_requirements=reqs)
+                self._mlflow.log_artifacts(f"{d}/model", "model")
 
 
 def make_optimizer(train_cfg, params) -> torch.optim.Optimizer:

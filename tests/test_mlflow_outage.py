@@ -1,0 +1,98 @@
+"""A real ``mlflow server`` on loopback goes down mid-run: logging parks the calls in a local
+journal instead of failing, and ``trainlab sync-mlflow`` delivers them once the server is back."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    def __init__(self, root: Path):
+        self.root, self.port, self.proc = root, _free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MlflowServer":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = MlflowServer(tmp_path).start()
+    yield s
+    s.stop()
+
+
+def test_calls_made_while_the_server_is_down_are_parked_and_synced_later(server, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.cli import app
+    from trainers.common.run_logger import RunLogger
+
+    client = MlflowClient(server.uri)
+    run_id = client.create_run(client.create_experiment("outage")).info.run_id
+    pending = tmp_path / "pending"
+    rl = RunLogger(server.uri, run_id, pending, retries=2, backoff_s=0.1)
+    rl.log_metrics([("loss", 1.0, 0, 1)])                       # server up: delivered
+    assert not pending.exists()
+
+    server.stop()
+    t = time.time()
+    rl.log_metrics([("loss", 0.5, 0, 2), ("loss", 0.25, 0, 3)])  # server down: parked, quickly
+    rl.set_tag("stage", "during-outage")
+    art = tmp_path / "plot.txt"
+    art.write_text("curve")
+    rl.log_artifact(art, "plots")
+    art.unlink()                                                # the temp file is gone; the journal kept a copy
+    assert time.time() - t < 60 and rl.parked == 3
+    assert (pending / run_id / "journal.jsonl").read_text().count("\n") == 3
+
+    server.start()
+    res = CliRunner().invoke(app, ["sync-mlflow", str(pending)])
+    assert res.exit_code == 0 and "sent 3" in res.output, res.output
+    hist = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "loss"))
+    assert hist == [(1, 1.0), (2, 0.5), (3, 0.25)]
+    assert client.get_run(run_id).data.tags["stage"] == "during-outage"
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/plot.txt"]
+    assert not (pending / run_id).exists()                      # delivered journals are removed
+
+
+def test_sync_keeps_what_it_cannot_deliver(tmp_path):
+    from trainers.common.run_logger import RunLogger, replay
+
+    down = f"http://127.0.0.1:{_free_port()}"                   # nothing listens there
+    rl = RunLogger(down, "r1", tmp_path, retries=1)
+    rl.set_tag("a", "1")
+    rl.set_tag("b", "2")
+    assert replay(tmp_path) == (0, 2)
+    assert (tmp_path / "r1" / "journal.jsonl").read_text().count("\n") == 2
