@@ -144,7 +144,7 @@ def _continual() -> MethodSpec:
         mode="max",
         search_space={
             "train.lr": {"loguniform": [5e-4, 1e-2]},
-            "train.epochs": {"choice": [2, 4, 6]},
+            "train.epochs": {"choice": [4, 8, 12]},
             "method.finetune_epochs": {"choice": [0, 1, 2]},
             "method.task1_profile": {"choice": ["fig5a", "fig5b"]},
             "method.granularity": {"choice": ["weight", "filter"]},

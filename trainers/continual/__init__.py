@@ -46,3 +46,7 @@ __all__ = [
     # models
     "ContinualCNN",
 ]
+
+from trainers.continual.inference import load_checkpoint, predict  # noqa: E402
+
+__all__ += ["predict", "load_checkpoint"]
