@@ -353,6 +353,16 @@ def _parquet_files(path: str) -> list[str]:
     return files
 
 
+def _open_parquet(f: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(f)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
+        raise DataValidationError(f"{f}: not a parquet file ({e})") from None
+
+
 def _is_numeric_list(t: "pa.DataType") -> bool:
     import pyarrow as pa
 
@@ -524,10 +534,7 @@ def validate_parquet(path: str, image_shape: tuple[int, ...] | None = None, *,
     source_classes: set[int] = set()
 
     for f in files:
-        try:
-            pf = pq.ParquetFile(f)
-        except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
-            raise DataValidationError(f"{f}: not a parquet file ({e})") from None
+        pf = _open_parquet(f)
         schema = pf.schema_arrow
         names = set(schema.names)
         feats = [c for c in FEATURE_COLUMNS if c in names]
@@ -1074,10 +1081,7 @@ def _validate_task_parquet(path: str, image_shape, task_order, seed: int, val_fr
     counts: dict[tuple[str, str], int] = {}
     labels: dict[tuple[str, str], set] = {}
     for f in files:
-        try:
-            pf = pq.ParquetFile(f)
-        except (pa.ArrowInvalid, pa.ArrowException, OSError) as e:
-            raise DataValidationError(f"{f}: not a parquet file ({e})") from None
+        pf = _open_parquet(f)
         schema = pf.schema_arrow
         feats = [c for c in FEATURE_COLUMNS if c in schema.names]
         if len(feats) != 1:

@@ -29,12 +29,7 @@ from trainers.continual.masks import layer_groups, named_weights
 from trainers.continual.similarity import codebook_counts, fit_codebook, jsd_from_counts
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- config and driver-side checks

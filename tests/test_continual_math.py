@@ -47,13 +47,7 @@ def vgg16_sizes() -> dict[str, int]:
     return {n: math.prod(s) for n, s in VGG16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The models here are tiny: one intra-op thread is as fast, and stays fast on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
