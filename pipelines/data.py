@@ -518,7 +518,6 @@ def validate_parquet(path: str, image_shape: tuple[int, ...] | None = None, *,
     ``seed`` / ``val_fraction`` (in (0, 0.45]) only matter for rows without a split value.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     if not (isinstance(val_fraction, (int, float)) and 0 < val_fraction <= 0.45):
         raise ValueError(f"val_fraction: {val_fraction!r} is not allowed; allowed: a number in (0, 0.45]")
@@ -1073,7 +1072,6 @@ def _validate_task_parquet(path: str, image_shape, task_order, seed: int, val_fr
     to eval when :func:`split_uniform` of its values < ``val_fraction``)."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     files = _parquet_files(path)
     caller_shape = _check_image_shape(image_shape, "data.image_shape") if image_shape is not None else None

@@ -215,9 +215,6 @@ class Quality:
     def __init__(self, ref: dict, m, device):
         self.ref, self.m, self.device = ref, m, device
         self.classifier = classifier_from(ref).to(device)
-        gen = torch.Generator().manual_seed(12345)
-        self.z_grid = None
-        self._gen = gen
 
     @torch.no_grad()
     def sample(self, g, n: int, seed: int) -> torch.Tensor:
