@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from typer.testing import CliRunner
 
 from conftest import mlflow_artifacts, mlflow_runs
@@ -302,33 +303,122 @@ def test_a_restored_learner_continues_exactly_where_it_stopped():
     assert all(torch.equal(a, b) for a, b in zip(R.base.state_dict().values(), L.base.state_dict().values()))
 
 
-def test_s100_keeps_the_more_accurate_candidate():
-    """Spec test 16 with the accuracies stubbed: candidate 1 wins → the weights right after zeroing are kept."""
-    class Stub(ContinualLearner):
-        calls = 0
+class _StubAcc(ContinualLearner):
+    """``accuracy`` answers from ``queue`` while it is non-empty (stubbed S100 accuracies), else for real."""
+    queue: list
 
-        def accuracy(self, t, net):
-            Stub.calls += 1
-            return {1: 0.9, 2: 0.5}.get(Stub.calls, 0.7)
+    def accuracy(self, t, net):
+        return self.queue.pop(0) if self.queue else super().accuracy(t, net)
 
-    L, _, _ = _learner([])
-    L.__class__ = Stub
-    before = {}
-    orig = L.train_phase
+
+def _spy_phases(L):
+    """Record the bare model's state right after every train_phase, keyed by (task, phase)."""
+    after, orig = {}, L.train_phase
 
     def spy(t, epochs, trainable, phase):
         out = orig(t, epochs, trainable, phase)
-        if phase == 0:
-            before.update({k: v.clone() for k, v in L.base.state_dict().items()})
+        after[(t, phase)] = {k: v.clone() for k, v in L.base.state_dict().items()}
         return out
 
     L.train_phase = spy
-    m = L.learn(1)
-    assert m["s100_choice"] == 1.0 and m["acc_cand1"] == 0.9 and m["acc_cand2"] == 0.5
-    mask = L.state.mask(1)
+    return after
+
+
+_S100_MASKS: dict[str, bytes] = {}
+
+
+@pytest.mark.parametrize("acc, kept", [((0.9, 0.5), 1), ((0.5, 0.9), 2), ((0.7, 0.7), 2)])
+def test_s100_keeps_the_more_accurate_candidate(acc, kept):
+    """Spec test 16 with the accuracies stubbed (task 2): candidate 1 wins → the weights right after S80 zeroing
+    are kept; candidate 2 (or a tie) → the fine-tuned ones. The mask is the same either way."""
+    L, _, _ = _learner([])
+    L.__class__, L.queue = _StubAcc, []
+    after = _spy_phases(L)
+    L.learn(1)
+    L.queue = list(acc)
+    m = L.learn(2)
+    assert m["s100_choice"] == float(kept) and (m["acc_cand1"], m["acc_cand2"]) == acc
+    mask = L.state.mask(2)
+    bits = L.state.masks[2].bits.tobytes()
+    assert _S100_MASKS.setdefault("task2", bits) == bits          # the same mask whichever candidate is kept
     now = named_weights(L.base, L.names)
-    for n in L.names:   # = the S20 weights with Z zeroed, i.e. the fine-tuning was undone
-        assert torch.equal(now[n].detach(), torch.where(mask[n], before[n], torch.zeros(())))
+    for n in L.names:
+        expect = (torch.where(mask[n], after[(2, 0)][n], torch.zeros(())) if kept == 1 else after[(2, 1)][n])
+        assert torch.equal(now[n].detach(), expect), n
+        assert bool((now[n].detach()[~mask[n]] == 0).all())
+
+
+def test_task_1_has_no_candidate_selection():
+    """R10: "for task 1 there is no candidate selection: the S40 output is the target model" — even when the
+    model right after S30 would score higher, task 1 keeps its fine-tuned weights and logs no S100 metrics."""
+    L, _, _ = _learner([])
+    L.__class__, L.queue = _StubAcc, [0.9, 0.5]      # what an S100 on task 1 would see: cand1 better
+    after = _spy_phases(L)
+    m = L.learn(1)
+    assert not {"s100_choice", "acc_cand1", "acc_cand2"} & set(m)
+    assert L.state.records[1]["s100_choice"] is None
+    now = L.base.state_dict()
+    assert all(torch.equal(now[k], after[(1, 1)][k]) for k in now)   # = the S40 output
+
+
+class _BNNet(nn.Module):
+    """Two conv layers with BatchNorm and a linear head: normalisation layers inside the masked loop."""
+
+    def __init__(self, head: int = 2):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4, head)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1))
+
+
+@pytest.mark.parametrize("policy", ["freeze", "per_task"])
+def test_normalisation_layers_do_not_forget_and_per_task_state_starts_from_the_source(policy):
+    """A network with BatchNorm: under norm_policy "freeze" the running statistics stay those of task 1 (the
+    modules are kept in eval mode from task 2 on), under "per_task" each task has its own copy and task t starts
+    from the SOURCE task's copy (here task 3's source is task 1, not the last task). Either way every earlier
+    task's inference outputs are bitwise unchanged by later tasks (spec test 10)."""
+    tasks, tr, ev, classes, _ = _stream("split", 3)
+    jsd = [[0.0, 0.6, 0.2], [0.6, 0.0, 0.7], [0.2, 0.7, 0.0]]            # task 3 → source task 1
+    cfg = load_config("continual", quick=True, sets=["data.num_tasks=3", "train.epochs=2",
+                                                     f"method.norm_policy={policy}", "method.bias_policy=per_task"]
+                      + SGD)
+    torch.manual_seed(0)
+    base = _BNNet(2)
+    data = TaskData(tr, ev, classes, {i + 1: len(t["train"][1]) for i, t in enumerate(tasks)},
+                    cfg.train.batch_size, cfg.train.batch_size, seed=0)
+    L = ContinualLearner(cfg, TaskNet(base), {"jsd": jsd, "task_classes": classes}, data)
+    start = {}
+    orig = L.train_phase
+
+    def spy(t, epochs, trainable, phase):
+        if phase == 0:
+            start[t] = {k: v.clone() for k, v in L.base.state_dict().items()}
+        return orig(t, epochs, trainable, phase)
+
+    L.train_phase = spy
+    x = torch.from_numpy(tasks[0]["eval"][0][:16])
+    outs, bn1 = {}, {}
+    for t in (1, 2, 3):
+        m = L.learn(t)
+        outs[t] = {s: L.inference_model(s).eval()(x).detach() for s in range(1, t + 1)}
+        bn1[t] = L.base.bn1.running_mean.clone()
+        assert m["bwt"] == 0.0
+    assert L.state.records[3]["source"] == 1
+    for s in (1, 2):
+        for t in range(s + 1, 4):
+            assert torch.equal(outs[t][s], outs[s][s]), (s, t)
+    if policy == "freeze":
+        assert torch.equal(bn1[3], bn1[1]) and torch.equal(bn1[2], bn1[1])
+        assert "bn1.running_mean" not in L.state.task_states[1]
+    else:
+        ts = L.state.task_states
+        for k in ("bn1.running_mean", "bn1.weight", "conv1.bias"):
+            assert torch.equal(start[3][k], ts[1][k]) and not torch.equal(ts[1][k], ts[2][k]), k
 
 
 def test_per_task_helpers():
@@ -474,3 +564,44 @@ def test_user_parquet_stream_through_ray_data_and_the_whole_dataset_jsd(ray_sess
     # pooled intensity histograms: the noisy copy is nearer to task 1 than the inverted digits are (≈ 0.16 vs 0.21;
     # the codebook estimator, the default, separates them far better: ≈ 0.01 vs 1.0)
     assert prep["jsd"][1][2] == jsd_from_counts(direct[1], direct[2]) < prep["jsd"][0][1]
+
+
+@pytest.mark.e2e
+def test_tiny_sweep_nests_trials_and_logs_the_best_config(ray_session, workdir):
+    """`trainlab sweep continual --quick`, 2 trials over a space of continual entries (the registry's task-1
+    profile and the Fig. 8 JSD thresholds as their own key): one MLflow parent run, 2 nested child runs with
+    ``avg_acc``, and the best trial's config on the parent (``best.*`` params and ``best_config.yaml``)."""
+    import yaml
+
+    from conftest import mlflow_client
+    from trainers import get_method
+
+    space = {"method.task1_profile": get_method("continual").search_space["method.task1_profile"],
+             "method.rate_table.thresholds": {"choice": [[0.1, 0.5, 0.9], [0.05, 0.3, 0.7]]}}
+    (workdir / "space.yaml").write_text(yaml.safe_dump(space))
+    res = CliRunner().invoke(app, ["sweep", "continual", "--quick", "--num-samples", "2", "--max-concurrent", "2",
+                                   "--scheduler", "fifo", "--space", str(workdir / "space.yaml"),
+                                   "--set", "data.num_tasks=2", "--set", "data.image_size=8",
+                                   "--set", "train.epochs=2", "--set", "tracking.log_model=false"])
+    assert res.exit_code == 0, res.output
+    runs = mlflow_runs("trainlab/continual")
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    accs = [c.data.metrics["avg_acc"] for c in children]
+    assert all(0.0 <= a <= 1.0 for a in accs)
+    assert parent.data.metrics["best_avg_acc"] == pytest.approx(max(accs))
+    best = children[accs.index(max(accs))]
+    profile = parent.data.params["best.method.task1_profile"]
+    thresholds = parent.data.params["best.method.rate_table.thresholds"]
+    if accs.count(max(accs)) == 1:   # a tie may name either child
+        assert profile == best.data.params["method.task1_profile"]
+        assert thresholds == best.data.params["method.rate_table.thresholds"]
+    for c in children:
+        assert c.data.params["method.task1_profile"] in ("fig5a", "fig5b")
+        assert yaml.safe_load(c.data.params["method.rate_table.thresholds"]) in ([0.1, 0.5, 0.9], [0.05, 0.3, 0.7])
+    cfg = yaml.safe_load(open(mlflow_client().download_artifacts(parent.info.run_id, "best_config.yaml",
+                                                                 str(workdir))))
+    assert cfg["method"]["task1_profile"] == profile
+    assert cfg["method"]["rate_table"]["thresholds"] == yaml.safe_load(thresholds)
+    assert cfg["data"]["num_tasks"] == 2 and cfg["train"]["epochs"] == 2

@@ -114,6 +114,19 @@ def test_user_rate_table():
     assert rate_table(rate_table(t)) == rate_table(t)
 
 
+def test_thresholds_alone_keep_the_fig8_rates():
+    """A table with thresholds but no rates uses the Fig. 8 rates (4 bins), so a sweep can vary
+    ``method.rate_table.thresholds`` and ``method.rate_table.rates`` as two independent keys."""
+    t = rate_table({"thresholds": [0.05, 0.3, 0.7]})
+    assert t.thresholds == (0.05, 0.3, 0.7) and t.rates == rate_table().rates
+    assert [rate_for(x, "conv4", {"thresholds": [0.05, 0.3, 0.7]}) for x in (0.04, 0.05, 0.3, 0.69, 0.7)] == \
+        [1.0, 0.9, 0.75, 0.75, 0.5]
+    with pytest.raises(ValueError, match=r"rate_table\.rates: missing; .*exactly 3 values"):
+        rate_table({"thresholds": [0.2, 0.6]})
+    with pytest.raises(ValueError, match=r"rate_table: empty"):
+        rate_table({})
+
+
 @pytest.mark.parametrize("table, match", [
     ({"thresholds": [0.5, 0.1], "rates": {"conv4": [1, 1, 1]}}, r"rate_table\.thresholds.*strictly increasing"),
     ({"thresholds": [0.1, 0.1], "rates": {"conv4": [1, 1, 1]}}, r"rate_table\.thresholds"),

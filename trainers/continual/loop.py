@@ -13,8 +13,9 @@ per-task state, ownership (derived: A = ∪ M^(s)) and the history; a restarted 
 4. S30 / S80: per layer, the ROUND(r·|F|) free weights of smallest |w| are zeroed (``plan_allocation``); computed
    on every worker from the DDP-synchronised weights — a checksum of weights and mask is all-reduced and compared,
    so a worker that disagrees fails the run;
-5. S40 / S90: ``method.finetune_epochs`` passes on N^(t) only; S100: candidate 1 (after zeroing) vs candidate 2
-   (after fine-tuning) by accuracy on the task's eval rows with W ⊙ M^(t); ties → ``method.s100_tie``;
+5. S40 / S90: ``method.finetune_epochs`` passes on N^(t) only; S100 (t ≥ 2 only, R10: task 1 keeps its S40
+   output): candidate 1 (after zeroing) vs candidate 2 (after fine-tuning) by accuracy on the task's eval rows with
+   W ⊙ M^(t); ties → ``method.s100_tie``;
 6. ownership / masks (R3, R4) stored; every learned task s ≤ t evaluated with its inference model W ⊙ M^(s)
    (+ its per-task state) → row t of the accuracy matrix R[t, s].
 
@@ -28,7 +29,11 @@ Variants: ``method`` (the patent), ``packnet`` (a fixed rate for every layer of 
 MLflow (rank 0, step = t): ``acc_task_<s>`` for s ≤ t (R[t, s]), ``avg_acc`` = mean_s R[t, s],
 ``bwt`` = mean_{s<t} (R[t, s] − R[s, s]) (0 for t = 1), ``jsd_to_source`` (t ≥ 2), ``new_weights`` = Σ_l |N_l^(t)|,
 ``free_weights`` = Σ_l |F_l^(t+1)| (the free pool left for later tasks; finetune: 0 new, every weight "free" since
-nothing is protected), plus ``source_task``, ``s100_choice``, ``acc_cand1``, ``acc_cand2``, ``train_loss``.
+nothing is protected), plus ``train_loss`` and, for t ≥ 2, ``source_task``, ``s100_choice``, ``acc_cand1``,
+``acc_cand2``.
+Per-task state (``method.bias_policy`` / ``norm_policy`` = "per_task"): task t ≥ 2 starts S70 from the source task's
+stored copy; ``norm_policy="freeze"`` keeps the normalisation modules in eval mode from task 2 on (running statistics
+fixed, like their frozen affine parameters).
 Artifacts after the last task: ``plots/accuracy_matrix.png``, ``plots/capacity.png`` (per-layer share of the
 weights owned by each task), ``masks/masks.npz`` (1 bit per weight per task) and ``continual_log.json``
 (JSD matrix, per-task sources, rates and |F| / |Z| / |N| per layer).
@@ -47,8 +52,9 @@ from torch import Tensor, nn
 from trainers.continual.config import ContinualConfig
 from trainers.continual.masks import (ContinualState, FrozenGuard, MaskedOptimizer, apply_task, apply_zeroing_,
                                       capture_task_state, forward_masks, free_pool, layer_groups, layer_rates,
-                                      masked_forward, named_weights, pack_mask, plan_allocation, task1_layer_rates,
-                                      task_mask, task_state_names, trainable_masks, update_masks)
+                                      load_task_state, masked_forward, named_weights, pack_mask, plan_allocation,
+                                      set_norm_eval, task1_layer_rates, task_mask, task_state_names, trainable_masks,
+                                      update_masks)
 from trainers.continual.models import ContinualCNN
 from trainers.continual.similarity import (candidate_tasks, codebook_counts, divergence, fit_codebook,
                                            histogram_counts, histogram_edges, select_candidate, select_source,
@@ -251,6 +257,8 @@ class ContinualLearner:
         guard = FrozenGuard.from_model(self.base, trainable) if trainable is not None else FrozenGuard([])
         opt = MaskedOptimizer(self.make_opt(self.model.parameters()), guard)
         self.model.train()
+        if trainable is not None and t >= 2 and self.m.norm_policy == "freeze":
+            set_norm_eval(self.base)   # frozen norm layers: task 1's running statistics must not move either
         total = torch.zeros(2, dtype=torch.float64)
         for e in range(epochs):
             for x, y in self.data.batches(t, e, phase):
@@ -314,6 +322,9 @@ class ContinualLearner:
         free_counts = {n: int(f.sum()) for n, f in free.items()}
         rates = task_rates(m, self.groups, t, jsd_src, free_counts)
         src_mask = self.state.mask(source, owned[self.names[0]].device) if (m.reading == "B" and source) else None
+        if source is not None and source in self.state.task_states:
+            # per-task biases / normalisation state: task t starts from the source task's copy (transfer from s*)
+            load_task_state(self.base, self.state.task_states[source])
         # S20 / S70: train the update set only
         phase = "S20" if t == 1 else "S70"
         upd = update_masks(phase, free, rates=rates, freeze_full_rate=m.freeze_full_rate)
@@ -326,8 +337,11 @@ class ContinualLearner:
         apply_zeroing_(weights, alloc.zeroed)
         mask = task_mask(owned, alloc.new, m.reading, src_mask)
         self._check_agreement(mask)
-        cand1 = {k: v.detach().clone() for k, v in self.base.state_dict().items()}
-        acc1 = self.accuracy(t, apply_task(self.base, {t: mask}, t))
+        # S100 (t >= 2 only; R10: "for task 1 there is no candidate selection, the S40 output is the target model")
+        select = t >= 2
+        if select:
+            cand1 = {k: v.detach().clone() for k, v in self.base.state_dict().items()}
+            acc1 = self.accuracy(t, apply_task(self.base, {t: mask}, t))
         # S40 / S90: fine-tune N^(t) only, forward with the task mask (Reading B)
         if m.finetune_epochs > 0:
             phase = "S40" if t == 1 else "S90"
@@ -335,25 +349,25 @@ class ContinualLearner:
             self.wrapper.fmask = forward_masks(phase, m.reading, free=free, new=alloc.new, source_mask=src_mask)
             self.train_phase(t, m.finetune_epochs, trainable_masks(self.base, upd, t, m.bias_policy, m.norm_policy),
                              phase=1)
-            acc2 = self.accuracy(t, apply_task(self.base, {t: mask}, t))
+            acc2 = self.accuracy(t, apply_task(self.base, {t: mask}, t)) if select else None
         else:
-            acc2 = acc1
+            acc2 = acc1 if select else None
         self.wrapper.fmask = None
-        which = select_candidate(acc1, acc2, m.s100_tie)
+        which = select_candidate(acc1, acc2, m.s100_tie) if select else None
         if which == 1:
             self.base.load_state_dict(cand1)
         counts = alloc.counts()
         record = {"source": source, "candidates": cands, "jsd_to_source": jsd_src, "rates": rates,
                   "counts": counts, "rate_scalar": task_rate_scalar(counts["zeroed"], counts["free"]),
-                  "s100_choice": which, "acc_cand1": acc1, "acc_cand2": acc2}
+                  "s100_choice": which, "acc_cand1": acc1 if select else None, "acc_cand2": acc2}
         self.state.add_task(t, {n: v.cpu() for n, v in mask.items()}, record=record,
                             task_state=capture_task_state(self.base, self.state_names))
         new = float(sum(counts["new"].values()))
         rec = {"train_loss": loss, "new_weights": new,
-               "free_weights": float(sum(counts["free"].values()) - new), "s100_choice": float(which),
-               "acc_cand1": acc1, "acc_cand2": acc2}
-        if t >= 2:
-            rec.update(jsd_to_source=jsd_src, source_task=float(source))
+               "free_weights": float(sum(counts["free"].values()) - new)}
+        if select:
+            rec.update(jsd_to_source=jsd_src, source_task=float(source), s100_choice=float(which),
+                       acc_cand1=acc1, acc_cand2=acc2)
         return self._finish(t, rec)
 
     def _finish(self, t: int, rec: dict) -> dict:

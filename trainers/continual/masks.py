@@ -184,7 +184,9 @@ class RateTable:
 
 def rate_table(table: RateTable | Mapping | None = None) -> RateTable:
     """Validated :class:`RateTable`: None → Fig. 8; a RateTable; or {"thresholds": [...], "rates": {group: [...]}}
-    (a missing "thresholds" means the default (0.1, 0.5, 0.9))."""
+    (a missing "thresholds" means the default (0.1, 0.5, 0.9); missing "rates" mean the Fig. 8 rates, which need
+    exactly 3 thresholds — so a sweep can vary ``method.rate_table.thresholds`` and ``method.rate_table.rates``
+    independently)."""
     if table is None:
         return RateTable(DEFAULT_THRESHOLDS, dict(DEFAULT_TABLE_RATES))
     if isinstance(table, RateTable):
@@ -193,9 +195,20 @@ def rate_table(table: RateTable | Mapping | None = None) -> RateTable:
         unknown = set(table) - {"thresholds", "rates"}
         if unknown:
             raise ValueError(f"rate_table: unknown keys {sorted(unknown)}; allowed values: thresholds, rates")
+        if not table:
+            raise ValueError("rate_table: empty; expected keys thresholds and/or rates")
+        thresholds = table.get("thresholds", DEFAULT_THRESHOLDS)
+        rates = table.get("rates", DEFAULT_TABLE_RATES)
         if "rates" not in table:
-            raise ValueError("rate_table.rates: missing; expected a mapping group → one rate per JSD bin")
-        thresholds, rates = table.get("thresholds", DEFAULT_THRESHOLDS), table["rates"]
+            try:
+                n_th = len(thresholds)
+            except TypeError:
+                n_th = -1
+            if n_th != len(DEFAULT_THRESHOLDS):
+                raise ValueError(f"rate_table.rates: missing; the default Fig. 8 rates have "
+                                 f"{len(DEFAULT_THRESHOLDS) + 1} JSD bins, so thresholds without rates need exactly "
+                                 f"{len(DEFAULT_THRESHOLDS)} values, got {thresholds!r}; otherwise give a mapping "
+                                 "group → one rate per JSD bin")
     else:
         raise ValueError(f"rate_table: expected a RateTable or a mapping with keys thresholds, rates; got {table!r}")
     try:
