@@ -107,12 +107,13 @@ def dotted_to_nested(flat: dict[str, Any]) -> dict:
     for key, value in flat.items():
         parts = key.split(".")
         if not all(parts):
-            raise ConfigError(f"--set {key}: empty component in dotted key")
+            raise ConfigError(f"--set {key if key.isprintable() else repr(key)}: empty component in dotted key")
         cur = nested
         for p in parts[:-1]:
             cur = cur.setdefault(p, {})
             if not isinstance(cur, dict):
-                raise ConfigError(f"--set {key}: '{p}' is set both as a value and as a section")
+                raise ConfigError(f"--set {key if key.isprintable() else repr(key)}: '{p}' is set both as a value "
+                                  "and as a section")
         cur[parts[-1]] = value
     return nested
 
@@ -124,12 +125,13 @@ def parse_set_args(items: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.lr=0.01")
         key, raw = item.split("=", 1)
+        shown = key if key.isprintable() else repr(key)     # a message is one line, whatever the key holds
         try:
             flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             why = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({why}); quote it, e.g. "
-                              f"--set '{key}=\"...\"'") from None
+            raise ConfigError(f"--set {shown}: value {raw!r} is not valid YAML ({why}); quote it, e.g. "
+                              f"--set '{shown}=\"...\"'") from None
     return dotted_to_nested(flat)
 
 
