@@ -32,12 +32,28 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> dict:
         if address:
             ray.init(address=address, log_to_driver=True)
         else:
+            _refuse_a_second_local_instance()
             if num_cpus is None and os.environ.get("TRAINLAB_RAY_CPUS"):
                 num_cpus = int(os.environ["TRAINLAB_RAY_CPUS"])
             ray.init(num_cpus=num_cpus, log_to_driver=True, dashboard_host="127.0.0.1",
                      configure_logging=True, logging_level=logging.WARNING)
     _quiet_ray_data()
     return dict(ray.cluster_resources())
+
+
+def _refuse_a_second_local_instance() -> None:
+    """Two private Ray instances on one machine break Ray Train V2 (its placement-group cleaner finds "multiple
+    active Ray instances", and stopped trials' workers are never cleaned up: sweeps deadlock). So a second
+    trainlab command that would start its own instance next to a running one stops here, saying how to share."""
+    from ray._private.services import find_gcs_addresses
+
+    running = sorted(find_gcs_addresses())
+    if running:
+        raise ResourceError(
+            f"a local Ray instance is already running ({', '.join(running)}: another trainlab command, a benchmark "
+            "or `ray start`); a second private instance on this machine breaks Ray Train. Wait for it to finish, "
+            "or share one: `ray start --head --num-cpus N --dashboard-host 127.0.0.1` once, then "
+            "`export RAY_ADDRESS=auto` for every trainlab command.")
 
 
 def _quiet_ray_data() -> None:

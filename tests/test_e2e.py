@@ -173,3 +173,18 @@ def test_user_stop_file_ends_the_run_after_the_current_epoch(ray_session, workdi
     run = _client().get_run(res.run_id)
     assert run.data.tags["stop_reason"] == "user_stop" and run.info.status == "FINISHED"
     assert [m.step for m in _client().get_metric_history(res.run_id, "train_loss")] == [1]
+
+
+def test_a_second_local_ray_instance_is_refused_with_how_to_share(ray_session, workdir):
+    """With the session's Ray running and no RAY_ADDRESS, a second trainlab process must not start its own
+    instance (two break Ray Train V2): one clear line, exit 2, in seconds, and no MLflow run."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    t0 = time.perf_counter()
+    r = subprocess.run(["trainlab", "run", "decorrelation", "--quick"], capture_output=True, text=True, timeout=120,
+                       env=env, cwd=workdir)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "a local Ray instance is already running" in r.stderr and "RAY_ADDRESS=auto" in r.stderr, r.stderr
+    assert time.perf_counter() - t0 < 60
+    assert not (workdir / "mlflow.db").exists() or not _client().search_experiments(filter_string="name LIKE 'trainlab/%'")
