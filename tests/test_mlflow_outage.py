@@ -96,3 +96,27 @@ def test_sync_keeps_what_it_cannot_deliver(tmp_path):
     rl.set_tag("b", "2")
     assert replay(tmp_path) == (0, 2)
     assert (tmp_path / "r1" / "journal.jsonl").read_text().count("\n") == 2
+
+
+@pytest.mark.e2e
+def test_a_tracking_server_down_at_start_is_one_clear_error_before_any_worker(server, ray_session, tmp_path,
+                                                                                monkeypatch):
+    """The real server is stopped before `trainlab run`: exit 2 within seconds naming MLFLOW_TRACKING_URI,
+    no Ray Train run started (nothing under the storage root), and once the server is back the same command
+    finds no half-made run in it."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    monkeypatch.setenv("TRAINLAB_STORAGE", str(tmp_path / "runs"))
+    server.stop()
+    t = time.time()
+    res = CliRunner().invoke(app, ["run", "decorrelation", "--quick"])
+    assert res.exit_code == 2, res.output
+    assert "MLFLOW_TRACKING_URI" in res.output and "unreachable" in res.output, res.output
+    assert time.time() - t < 30
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    server.start()
+    assert MlflowClient(server.uri).get_experiment_by_name("trainlab/decorrelation") is None
