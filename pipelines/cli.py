@@ -230,6 +230,28 @@ def predict_cmd(
         console.print(" ".join(map(str, labels.tolist())), highlight=False, soft_wrap=True)
 
 
+@app.command("explain")
+def explain_cmd(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="final checkpoint directory of a shift_explainer run "
+                                                             "(the 'checkpoint' row of its summary)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="method.* override, e.g. method.k=5, "
+                                                                "method.layout=diagonal, method.selection=threshold"),
+    output: Optional[str] = typer.Option(None, "--output", help="PNG path (default: next to the checkpoint)"),
+) -> None:
+    """shift_explainer: redraw the explanation grid (S104–S108) from a trained run in seconds, no Ray."""
+    with _reported_errors():
+        from trainers.shift_explainer.loop import explain_from_checkpoint
+
+        path, figures = explain_from_checkpoint(checkpoint, set_, output)
+    t = Table(title="trainlab explain shift_explainer")
+    t.add_column("what")
+    t.add_column("value", overflow="fold")
+    for k, v in figures.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(t)
+    console.print(f"explanation grid written to {path}", highlight=False, soft_wrap=True)
+
+
 @app.command("sync-mlflow")
 def sync_mlflow_cmd(
     pending: Optional[str] = typer.Argument(None, help="directory of parked calls (default: ./trainlab_runs/"

@@ -275,11 +275,11 @@ def to_datasets(arrays: dict[str, tuple[np.ndarray, np.ndarray]], name: str,
             raise ValueError(f"arrays[{k!r}]: x must be (N, *input_shape) with N == len(y); "
                              f"got x {x.shape}, y {np.shape(y)}")
         shapes.add(tuple(int(s) for s in x.shape[1:]))
-        if k in LABELLED_SPLITS and len(y) and np.min(y) < 0:
+        if k != "target_train" and len(y) and np.min(y) < 0:
             raise ValueError(f"arrays[{k!r}]: labels must be >= 0 in a labelled split")
     if len(shapes) != 1:
         raise ValueError(f"arrays: every split must have the same input shape; got {sorted(shapes)}")
-    labelled = [np.asarray(arrays[k][1]) for k in LABELLED_SPLITS if k in arrays and len(arrays[k][1])]
+    labelled = [np.asarray(arrays[k][1]) for k in splits if k != "target_train" and len(arrays[k][1])]
     num_classes = int(max(int(y.max()) for y in labelled)) + 1 if labelled else 0
     datasets = {k: _dataset_from_numpy(arrays[k][0], None if k == "target_train" else arrays[k][1])
                 for k in splits}
@@ -503,7 +503,7 @@ def _batch_rows(pf) -> int:
 
 
 def validate_parquet(path: str, image_shape: tuple[int, ...] | None = None, *,
-                     seed: int = 0, val_fraction: float = 0.2) -> dict:
+                     seed: int = 0, val_fraction: float = 0.2, labelled_target: bool = False) -> dict:
     """Check a parquet file / directory against the schema (module docstring), streaming with pyarrow.
 
     Raises :class:`DataValidationError` with one message naming the file and the column. Returns::
@@ -516,6 +516,8 @@ def validate_parquet(path: str, image_shape: tuple[int, ...] | None = None, *,
          "sizes": {split: rows}}  # what read_parquet gives each of SPLITS for this seed/val_fraction
 
     ``seed`` / ``val_fraction`` (in (0, 0.45]) only matter for rows without a split value.
+    ``labelled_target=True`` (``shift_explainer``): every target row must be labelled and none may have
+    split 'train' (target_train is then empty and unused); the labelled target rows are domain 2.
     """
     import pyarrow as pa
 
@@ -693,12 +695,24 @@ def validate_parquet(path: str, image_shape: tuple[int, ...] | None = None, *,
     if n_tgt == 0:
         raise DataValidationError(f"{where}: column 'domain': no 'target' rows; allowed: at least one "
                                   "unlabelled and two labelled target rows")
+    if labelled_target:
+        unlab = sum(c for (dm, _, lb), c in rows.items() if dm == "target" and not lb)
+        if unlab:
+            raise DataValidationError(
+                f"{where}: column 'label': {unlab} target (domain-2) rows are unlabelled (null); allowed: every "
+                "target row labelled — shift_explainer conditions its generator on each sample's classifier loss "
+                "ℓ(f(x), y), and a loss needs the true label y")
+        tr = sum(c for (dm, sp, _), c in rows.items() if dm == "target" and sp == "train")
+        if tr:
+            raise DataValidationError(f"{where}: column 'split': {tr} target rows have split 'train'; allowed for "
+                                      "target rows here: 'val', 'test' or null (all labelled target rows are domain 2)")
     for name, col_name, why in (
             ("source_train", "split", "no source train rows (training needs them)"),
             ("source_val", "split", "no source val rows (evaluation needs them; add rows with split 'val' "
                                     "or rows without a split value)"),
-            ("target_train", "label", "no unlabelled target rows for target_train (add target rows with a "
-                                      "null label, or with split 'train')"),
+            *(() if labelled_target else (
+                ("target_train", "label", "no unlabelled target rows for target_train (add target rows with a "
+                                          "null label, or with split 'train')"),)),
             ("target_val", "label", "no labelled target rows for evaluation in target_val"),
             ("target_test", "label", "no labelled target rows for evaluation in target_test")):
         if sizes[name] == 0:
@@ -757,13 +771,13 @@ def _ray_read_parquet(files: list[str], columns: list[str]) -> "ray.data.Dataset
 
 
 def read_parquet(path: str, image_shape: tuple[int, ...] | None = None, seed: int = 0,
-                 val_fraction: float = 0.2) -> DataBundle:
+                 val_fraction: float = 0.2, labelled_target: bool = False) -> DataBundle:
     """Validate ``path`` (:func:`validate_parquet`), then read it lazily with ``ray.data.read_parquet``.
 
     Each split is the same read followed by one vectorised ``map_batches`` that keeps that split's
     rows and reshapes them to ``input_shape``; ``sizes`` come from the validation pass.
     """
-    info = validate_parquet(path, image_shape, seed=seed, val_fraction=val_fraction)
+    info = validate_parquet(path, image_shape, seed=seed, val_fraction=val_fraction, labelled_target=labelled_target)
     cols = [info["column"], "label", "domain"] + (["split"] if info["has_split_column"] else [])
     base = _ray_read_parquet(info["files"], cols)
     datasets = {}
@@ -1262,3 +1276,82 @@ def build_task_stream(cfg) -> TaskStream:
         return task_stream_from_arrays(tasks, f"digits-{d.source}-{d.num_tasks}tasks-{d.image_size}px", cfg.seed)
     return read_task_parquet(str(d.source), tuple(d.image_shape) if d.image_shape else None,
                              d.task_order, cfg.seed, d.val_fraction)
+
+
+# =============================================================================================
+# Domain pairs for shift_explainer: domain 1 (the classifier's training domain) and domain 2
+# (the shifted data it fails on), both labelled — a per-sample classifier loss needs the label
+# =============================================================================================
+
+SHIFT_PAIR_SPLITS = ("d1_train", "d1_val", "d2_train", "d2_val")
+_THIN_CUT = 0.3
+
+
+def colourise(grey: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 1, H, W) grey strokes in [0, 1] -> (N, 3, H, W) RGB strokes of one random fully saturated hue per
+    image (hue uniform in [0, 1), HSV value = the grey level), and the hues. The max over channels equals the
+    grey level, so colour changes nothing but the hue."""
+    from matplotlib.colors import hsv_to_rgb
+
+    hue = rng.uniform(0.0, 1.0, size=len(grey))
+    rgb = hsv_to_rgb(np.stack([hue, np.ones_like(hue), np.ones_like(hue)], axis=-1)).astype(np.float32)
+    return (np.asarray(grey, np.float32) * rgb[:, :, None, None]).astype(np.float32), hue
+
+
+def embedded_colour_thickness(seed: int = 0, image_size: int = 16, val_fraction: float = 0.2,
+                              thickness: int = 3) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The shift_explainer benchmark with a known cause, from sklearn's digits: ``{split: (x, y)}`` over
+    :data:`SHIFT_PAIR_SPLITS`, x float32 (N, 3, S, S) in [0, 1], y int64 0..9.
+
+    The digits are split (stratified, seeded) into two disjoint halves:
+
+    * domain 1 = thin strokes (grey level g -> clip((g − 0.3)/0.7, 0, 1)) in a random hue per image;
+    * domain 2 = thick strokes (``scipy.ndimage.grey_dilation`` with a k×k window, k = ``thickness`` at 16 px,
+      scaled with the size) in a random hue per image.
+
+    A classifier trained on domain 1 sees every hue, so hue is irrelevant to it; stroke thickness is what
+    drops its accuracy on domain 2 (about 0.9 -> 0.5 with the default small CNN). Each half is split
+    into train / val by ``val_fraction``. Same arguments -> bit-identical arrays.
+    """
+    _check_embedded_args(seed, image_size, (), val_fraction)
+    if isinstance(thickness, bool) or not isinstance(thickness, (int, np.integer)) or not 2 <= thickness <= 8:
+        raise ValueError(f"thickness: {thickness!r} is not allowed; allowed: an integer in [2, 8]")
+    from scipy import ndimage
+    from sklearn.model_selection import train_test_split
+
+    x, y = digits_images(image_size)
+    rng = np.random.default_rng([int(seed), 0x5417])
+    h1, h2 = train_test_split(np.arange(len(x)), test_size=0.5, stratify=y, random_state=seed)
+    thin = np.clip((x[h1] - _THIN_CUT) / (1 - _THIN_CUT), 0, 1)
+    k = max(2, round(thickness * image_size / 16))
+    thick = np.clip(ndimage.grey_dilation(x[h2][:, 0], size=(1, k, k)), 0, 1)[:, None]
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for dom, grey, idx in (("d1", thin, h1), ("d2", thick, h2)):
+        rgb, _ = colourise(grey, rng)
+        tr, va = train_test_split(np.arange(len(idx)), test_size=val_fraction, stratify=y[idx], random_state=seed)
+        out[f"{dom}_train"] = (np.ascontiguousarray(rgb[tr]), y[idx][tr].copy())
+        out[f"{dom}_val"] = (np.ascontiguousarray(rgb[va]), y[idx][va].copy())
+    return out
+
+
+def build_shift_pair(cfg) -> DataBundle:
+    """Registry hook of ``shift_explainer``: a :class:`DataBundle` over :data:`SHIFT_PAIR_SPLITS`, every row
+    ``{"x", "y"}`` labelled. ``data.source``: ``"colour_thickness"`` (:func:`embedded_colour_thickness`) or a
+    parquet file/dir in the module's schema, where ``source`` rows are domain 1 (train/val as in
+    :func:`read_parquet`) and every ``target`` row is domain 2 and must be labelled (``val`` rows -> d2_val,
+    ``test`` rows -> d2_train; rows without a split value are spread over both)."""
+    d = cfg.data
+    if d.source == "colour_thickness":
+        b = to_datasets(embedded_colour_thickness(cfg.seed, d.image_size, d.val_fraction, d.thickness),
+                        f"digits-colour-thickness(k={d.thickness})-{d.image_size}px", splits=SHIFT_PAIR_SPLITS)
+    else:
+        pq = read_parquet(str(d.source), tuple(d.image_shape) if d.image_shape else None, seed=cfg.seed,
+                          val_fraction=d.val_fraction, labelled_target=True)
+        rename = {"d1_train": "source_train", "d1_val": "source_val", "d2_train": "target_test", "d2_val": "target_val"}
+        b = DataBundle(datasets={k: pq.datasets[v] for k, v in rename.items()}, input_shape=pq.input_shape,
+                       num_classes=pq.num_classes, sizes={k: pq.sizes[v] for k, v in rename.items()}, name=pq.name)
+    # the generator trains on both domains: its splits' sizes (the datasets are made by the method's prepare)
+    sizes = {**b.sizes, "gen_train": b.sizes["d1_train"] + b.sizes["d2_train"],
+             "gen_val": b.sizes["d1_val"] + b.sizes["d2_val"]}
+    return DataBundle(datasets=b.datasets, input_shape=b.input_shape, num_classes=b.num_classes, sizes=sizes,
+                      name=b.name)

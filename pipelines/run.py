@@ -5,6 +5,7 @@ store) is checked here, on the driver, before a single Ray Train worker starts.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
@@ -92,6 +93,9 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
             prepared = spec.prepare(cfg, bundle)
         except (ValueError, KeyError) as e:
             raise ConfigError(str(e)) from None
+        if "datasets" in prepared:  # the method trains on datasets it derived (e.g. with batch-inference columns)
+            bundle = dataclasses.replace(bundle, datasets=prepared.pop("datasets"),
+                                         sizes=prepared.pop("sizes", bundle.sizes))
     run_name = run_name or unique_run_name(method)
     experiment = cfg.tracking.experiment or f"trainlab/{method}"
     uri = tracking.tracking_uri()

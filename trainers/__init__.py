@@ -24,7 +24,8 @@ class MethodSpec:
     summary_metrics: tuple[str, ...] = ()            # shown in the terminal summary table
     variant_field: str | None = "variant"            # method.<field> reported as the MLflow tag
     check: Callable[[Any, Any], None] | None = None  # driver-side (cfg, bundle) checks before workers start
-    prepare: Callable[[Any, Any], dict] | None = None  # driver-side (cfg, bundle) -> facts for every worker
+    prepare: Callable[[Any, Any], dict] | None = None  # driver-side (cfg, bundle) -> facts for every worker;
+    #                                        a "datasets" (+ "sizes") entry replaces what the trainer trains on
     checkpoint_score: tuple[str, str] | None = None  # (metric, "max"|"min"): keep the best checkpoints by it
 
 
@@ -148,6 +149,13 @@ def _continual() -> MethodSpec:
             "method.finetune_epochs": {"choice": [0, 1, 2]},
             "method.task1_profile": {"choice": ["fig5a", "fig5b"]},
             "method.granularity": {"choice": ["weight", "filter"]},
+            # the Fig. 8 JSD thresholds (with Fig. 8's rates) and the rates (a table that gives later tasks more)
+            "method.rate_table.thresholds": {"choice": [[0.1, 0.5, 0.9], [0.05, 0.3, 0.7], [0.2, 0.6, 0.95]]},
+            "method.rate_table.rates": {"choice": [
+                {"conv1": [0, 0, 0, 0], "conv2": [0, 0, 0, 0], "conv3": [0, 0, 0, 0], "conv4": [1.0, 0.9, 0.75, 0.5],
+                 "conv5": [0.95, 0.9, 0.75, 0.5], "dense": [0.8, 0.75, 0.75, 0.5]},
+                {"conv1": [0, 0, 0, 0], "conv2": [0, 0, 0, 0], "conv3": [0, 0, 0, 0], "conv4": [0.9, 0.75, 0.5, 0.25],
+                 "conv5": [0.85, 0.75, 0.5, 0.25], "dense": [0.7, 0.5, 0.5, 0.25]}]},
         },
         quick={"train": {"epochs": 6, "batch_size": 32, "lr": 5e-3},
                "data": {"num_tasks": 3, "image_size": 16},
@@ -157,16 +165,57 @@ def _continual() -> MethodSpec:
     )
 
 
+def _shift_explainer() -> MethodSpec:
+    from pipelines.data import build_shift_pair
+    from trainers.shift_explainer.config import ShiftExplainerConfig
+    from trainers.shift_explainer.loop import check, prepare, train_loop_per_worker
+
+    return MethodSpec(
+        key="shift_explainer",
+        patent=_SUMMARIES["shift_explainer"][0],
+        summary=_SUMMARIES["shift_explainer"][1],
+        config_cls=ShiftExplainerConfig,
+        train_loop=train_loop_per_worker,
+        check=check,
+        prepare=prepare,
+        build_data=build_shift_pair,
+        train_split="gen_train",
+        metric="loss_axis_spearman",
+        mode="max",
+        search_space={
+            "method.latent_dim": {"choice": [2, 4, 8]},
+            "method.z_independence": {"choice": [0.0, 0.01, 0.03]},
+            "method.k": {"choice": [3, 5]},
+            "method.recon_weight": {"loguniform": [0.3, 10.0]},
+            "method.model_type": {"choice": ["ae", "vae", "bigan"]},
+            "method.selection": {"choice": ["extreme", "threshold"]},
+            "method.tau_unit": {"choice": ["quantile"]},     # thresholds as quantiles always select something
+            "method.tau1": {"uniform": [0.02, 0.3]},
+            "method.tau2": {"uniform": [0.7, 0.98]},
+        },
+        quick={"train": {"epochs": 4, "batch_size": 64},
+               "method": {"classifier_epochs": 4}},
+        summary_metrics=("classifier_acc_domain1", "classifier_acc_domain2", "shift_pvalue", "recon_loss",
+                         "loss_axis_spearman", "feature_axis_loss_spread", "loss_axis_loss_spread",
+                         "thickness_change_loss_axis", "thickness_change_feature_axis", "hue_change_feature_axis",
+                         "latent_invariance", "seconds_per_grid", "selected_loss_domain1", "selected_loss_domain2"),
+        variant_field="model_type",
+    )
+
+
 _BUILDERS: dict[str, Callable[[], MethodSpec]] = {"decorrelation": _decorrelation,
                                                   "ssd2gan": _ssd2gan,
                                                   "mixture_sparsity": _mixture_sparsity,
-                                                  "continual": _continual}
+                                                  "continual": _continual,
+                                                  "shift_explainer": _shift_explainer}
 _SUMMARIES = {
     "decorrelation": ("JP7566705B2", "penalise inter-channel correlation of features of labelled and unlabelled data"),
     "ssd2gan": ("JP7464138B2", "GAN with a spatial and a frequency-domain (DCT/DFT) discriminator, "
                                "trade-off α, consistency λc"),
     "mixture_sparsity": ("JP7085158B2", "mixture-distribution penalty on row/column norms: controllable, "
                                         "physical structured pruning"),
+    "shift_explainer": ("JP7517093B2", "loss-conditioned generative model: an interpolation grid shows which change "
+                                       "causes an accuracy drop under domain shift"),
     "continual": ("JP7600768B2", "continual learning with per-layer zeroing rates set by layer depth and task "
                                  "similarity (JSD); 1-bit masks per task, no forgetting"),
 }

@@ -264,24 +264,50 @@ class Worker:
                 fig.savefig(p, dpi=110, bbox_inches="tight")
                 self.log_artifact(p, artifact_dir)
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...],
+                  name: str = "model") -> None:
+        """The model with ``mlflow.pytorch`` under ``name``. ``example``: its input, two rows of which MLflow
+        traces into its default 'pt2' format; a tuple (a forward with several inputs, which 'pt2' signatures
+        cannot describe) saves it in the 'pickle' format instead."""
         if self._mlflow is None or not self.cfg.tracking.log_model:
             return
         import mlflow
         import mlflow.pytorch
 
-        model = getattr(model, "module", model)
-        reqs = [f"torch=={torch.__version__.split('+')[0]}"]
+        model = getattr(model, "module", model).cpu().eval()
+        # explicit requirements: MLflow's inference re-imports the model in a subprocess (slow)
+        kw = {"pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"]}
+        if isinstance(example, tuple):
+            kw["serialization_format"] = "pickle"
+        else:
+            kw["input_example"] = example.cpu().numpy()[:2]
         try:
             with mlflow.start_run(run_id=self.run["mlflow_run_id"]):
-                # explicit requirements: MLflow's inference re-imports the model in a subprocess (slow)
-                mlflow.pytorch.log_model(model.cpu().eval(), name="model", input_example=example.cpu().numpy()[:2],
-                                         pip_requirements=reqs)
+                mlflow.pytorch.log_model(model, name=name, **kw)
         except Exception as e:  # noqa: BLE001 - tracking server down: keep the model as parked artifacts
             log.warning("log_model failed (%s); the model is kept for `trainlab sync-mlflow`", e)
             with tempfile.TemporaryDirectory() as d:
-                mlflow.pytorch.save_model(model.cpu().eval(), f"{d}/model", pip_requirements=reqs)
-                self._mlflow.log_artifacts(f"{d}/model", "model")
+                mlflow.pytorch.save_model(model, f"{d}/{name}", **kw)
+                self._mlflow.log_artifacts(f"{d}/{name}", name)
+
+
+def average_gradients(module: torch.nn.Module) -> None:
+    """Average ``module``'s gradients over ranks in one flat all-reduce (identity on one worker).
+
+    For models used along several paths in one step (encode, decode, discriminate), where DDP's
+    one-forward-then-backward contract does not hold; with the same initial weights on every rank
+    (every worker seeds alike) and the same averaged gradients, the replicas stay identical."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = all_reduce_sum(flat) / dist.get_world_size()
+    i = 0
+    for g in grads:
+        g.copy_(flat[i:i + g.numel()].view_as(g))
+        i += g.numel()
 
 
 def make_optimizer(train_cfg, params) -> torch.optim.Optimizer:

@@ -1,0 +1,725 @@
+"""``shift_explainer`` (JP7517093B2) on Ray: the patent's flow S101–S108 (Fig. 12).
+
+Driver side, before the MLflow run exists (:func:`prepare`; a failure here leaves no run behind):
+
+* S102: the classifier f — trained on domain 1 by one Ray Train job (:func:`classifier_loop_per_worker`), or
+  loaded from a file / an MLflow model URI (``method.classifier``), then frozen;
+* per-sample losses L(x) = ℓ(f(x), y) over every row of both domains as **Ray Data batch inference**
+  (:class:`Scorer` in ``map_batches``, one actor), plus each row's softmax output;
+* from those: the classifier's accuracy per domain, a black-box shift test on its outputs (``shift_pvalue``),
+  the conditioning normalisation (mean / std of L over the generator's training rows), and S104 selection of
+  x(1) (domain 1, correct) and x(2) (domain 2, failing) from the pools (train ∪ val of each domain).
+
+Ray Train workers (:func:`train_loop_per_worker`): S103, the loss-conditioned generative model on domain 1 ∪
+domain 2 (AE, VAE or BiGAN, :func:`train_step`), optionally the claim-6 style transformer beside it; f is never
+updated (it is not even on the workers: its losses are columns of the data). Gradients are averaged over ranks
+explicitly (:func:`trainers.common.worker.average_gradients`), because the models are used along several paths
+per step (encode, decode, discriminate) which DDP's one-forward-per-step contract does not cover.
+
+After the last epoch, rank 0 runs S105–S108 (:func:`explain`): Z(1), Z(2) from the encoder, interpolation
+(Eq. 6), the grid G(Z_j, L_i) (Eq. 7) with the real samples in the corners, the fidelity figures measured on
+the grid with f, and the PNG (:func:`render`). ``trainlab explain --checkpoint`` repeats S104–S108 from the
+final checkpoint in seconds, with other K / layout / selection settings.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from trainers.common.worker import Worker, all_reduce_sum, average_gradients
+from trainers.shift_explainer.config import ShiftExplainerConfig
+from trainers.shift_explainer.losses import (Grid, bigan_d_loss, bigan_eg_loss, cycle_loss, generate_diagonal,
+                                             generate_grid, grid_fidelity, hsic_dependence, hue, ink, interpolate,
+                                             latent_invariance,
+                                             latent_prior, per_sample_loss, recon_loss, select_pair, shift_test,
+                                             style_d_loss, style_g_loss, vae_loss)
+from trainers.shift_explainer.models import (DomainDiscriminator, JointDiscriminator, LossConditionedGenerator,
+                                             StyleTransformer)
+
+DOMAIN_SPLITS = {"d1": ("d1_train", "d1_val"), "d2": ("d2_train", "d2_val")}
+LOSS_KEYS = ("loss_total", "loss_recon", "loss_kl", "loss_d", "loss_z_dependence", "loss_style_cycle",
+             "loss_style_g", "loss_style_d")
+
+
+# =============================================================================================
+# Driver side: classifier, batch inference, selection
+# =============================================================================================
+
+def check(cfg: ShiftExplainerConfig, bundle) -> None:
+    """Images (C, H, W) with H = W a multiple of 4 and 1..4 channels; every split non-empty and labelled."""
+    shape = tuple(bundle.input_shape)
+    if len(shape) != 3 or shape[1] != shape[2] or shape[1] % 4 or not 1 <= shape[0] <= 4:
+        raise ValueError(f"data: inputs of shape {shape}; allowed: images (C, H, W) with 1 <= C <= 4 and H = W a "
+                         "multiple of 4 (shift_explainer's encoder/decoder are convolutional)")
+    for split, n in bundle.sizes.items():
+        if split in sum(DOMAIN_SPLITS.values(), ()) and n < 1:
+            raise ValueError(f"data.source: split {split} is empty; allowed: rows in every split of both domains")
+    if bundle.num_classes < 2:
+        raise ValueError(f"data.source: {bundle.num_classes} class(es); allowed: at least 2 labels")
+
+
+def _run_facts(cfg, bundle, split: str) -> dict:
+    return {"mlflow_run_id": None, "steps_per_epoch": max(1, bundle.sizes[split] // cfg.train.batch_size),
+            "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes, "sizes": bundle.sizes,
+            "stop_file": None, "cache_in_memory": cfg.data.cache_in_memory, "prepared": None}
+
+
+def build_classifier(cfg: ShiftExplainerConfig, input_shape, num_classes: int) -> torch.nn.Module:
+    from trainers.common.models import SmallCNN
+
+    return SmallCNN(input_shape[0], num_classes, cfg.model.classifier_width, cfg.model.classifier_feature_dim,
+                    image_hw=(input_shape[1], input_shape[2]))
+
+
+def classifier_loop_per_worker(config: dict) -> None:
+    """S102 on Ray Train workers (DDP): f trained on domain 1 by cross-entropy (Eq. 1); rank 0 checkpoints it."""
+    w = Worker(config, ShiftExplainerConfig)
+    cfg = w.cfg
+    model = build_classifier(cfg, w.run["input_shape"], w.run["num_classes"]).to(w.device)
+    model = w.prepare(model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.method.classifier_lr)
+    train, val = w.loader("d1_train"), w.loader("d1_val")
+    for epoch in range(1, cfg.method.classifier_epochs + 1):
+        model.train()
+        total = torch.zeros(2, dtype=torch.float64, device=w.device)
+        for b in train.epoch(epoch, w.steps_per_epoch):
+            loss = F.cross_entropy(model(b["x"]), b["y"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=w.device)])
+        model.eval()
+        counts = torch.zeros(2, dtype=torch.float64, device=w.device)
+        with torch.no_grad():
+            for b in val.full():
+                counts += torch.stack([(model(b["x"]).argmax(1) == b["y"]).sum().double(),
+                                       torch.tensor(float(len(b["y"])), dtype=torch.float64, device=w.device)])
+        total, counts = all_reduce_sum(total), all_reduce_sum(counts)
+        metrics = {"classifier_train_loss": (total[0] / total[1]).item(), "classifier_val_acc": (counts[0] / counts[1]).item()}
+        w.say(f"[shift_explainer] classifier epoch {epoch}: loss={metrics['classifier_train_loss']:.3f} "
+              f"acc(domain 1 val)={metrics['classifier_val_acc']:.3f}")
+        w.report(epoch, metrics, {"classifier": getattr(model, "module", model).state_dict()})
+
+
+def train_classifier(cfg: ShiftExplainerConfig, bundle) -> torch.nn.Module:
+    """One TorchTrainer job (same scaling as the run) over domain 1; returns the trained, frozen f."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.run import storage_root, unique_run_name
+
+    s = cfg.scaling
+    trainer = TorchTrainer(
+        classifier_loop_per_worker,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run": _run_facts(cfg, bundle, "d1_train")},
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                     resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
+        run_config=RunConfig(name=unique_run_name("shift_explainer-classifier"), storage_path=storage_root(),
+                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        datasets={k: bundle.datasets[k] for k in ("d1_train", "d1_val")})
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
+    model = build_classifier(cfg, bundle.input_shape, bundle.num_classes)
+    model.load_state_dict(state["classifier"])
+    return model.eval()
+
+
+CLASSIFIER_CACHE_VERSION = 1
+
+
+def classifier_cache_path(cfg: ShiftExplainerConfig) -> Path | None:
+    """Where a trained classifier is kept for reuse: every run (and every sweep trial) with the same data,
+    seed, classifier settings, batch size and worker count trains the same f, so it is trained once. Keyed by
+    those settings (and, for parquet input, the files' sizes and modification times); ``None`` for
+    non-local storage."""
+    import hashlib
+    import json
+
+    from pipelines.run import storage_root
+
+    root = storage_root()
+    if "://" in root:
+        return None
+    files = []
+    if cfg.data.source != "colour_thickness" and Path(cfg.data.source).exists():
+        from pipelines.data import _parquet_files
+
+        files = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in _parquet_files(str(cfg.data.source))]
+    key = {"v": CLASSIFIER_CACHE_VERSION, "seed": cfg.seed, "data": cfg.data.model_dump(mode="json"), "files": files,
+           "model": [cfg.model.classifier_width, cfg.model.classifier_feature_dim],
+           "train": [cfg.method.classifier_epochs, cfg.method.classifier_lr, cfg.train.batch_size,
+                     cfg.scaling.num_workers, cfg.scaling.use_gpu]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return Path(root) / "classifier_cache" / f"{digest}.pt"
+
+
+def obtain_classifier(cfg: ShiftExplainerConfig, bundle) -> tuple[torch.nn.Module, str]:
+    """S102: (f, where it came from: "trained", "cache:<path>" or the user's reference)."""
+    m = cfg.method
+    if m.classifier != "train":
+        return load_classifier(m.classifier, bundle.input_shape, bundle.num_classes), m.classifier
+    path = classifier_cache_path(cfg)
+    if path is not None and path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=False).eval(), f"cache:{path}"
+    f = train_classifier(cfg, bundle)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(f, tmp)
+        os.replace(tmp, path)                      # atomic: concurrent trials never read half a file
+    return f, "trained"
+
+
+def pack_classifier(classifier: torch.nn.Module, source: str) -> dict:
+    """How f travels to the batch-inference actor, the workers and the final checkpoint: its pickled bytes, or,
+    for a model that cannot be pickled (an MLflow 'pt2' program), its reference, loaded again where needed."""
+    from pipelines.tracking import tracking_uri
+
+    buf = io.BytesIO()
+    try:
+        torch.save(classifier, buf)
+        return {"bytes": buf.getvalue()}
+    except Exception:  # noqa: BLE001 - pickling a traced graph fails in many ways
+        return {"ref": source, "tracking_uri": tracking_uri()}
+
+
+def unpack_classifier(packed: dict, input_shape, num_classes: int, device="cpu") -> torch.nn.Module:
+    if "bytes" in packed:
+        model = torch.load(io.BytesIO(packed["bytes"]), map_location=device, weights_only=False)
+        return _inference_mode(model)
+    return load_classifier(packed["ref"], input_shape, num_classes, packed.get("tracking_uri")).to(device)
+
+
+def _inference_mode(model: torch.nn.Module) -> torch.nn.Module:
+    try:
+        model.eval()
+    except NotImplementedError:   # an exported (pt2) program is an inference graph already
+        pass
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def load_classifier(ref: str, input_shape, num_classes: int, tracking_uri: str | None = None) -> torch.nn.Module:
+    """A user's classifier: an MLflow model URI (``runs:/``, ``models:/``, ...) or a ``torch.save`` /
+    ``torch.jit.save`` file; checked on a dummy batch of the data's shape (a mismatch is one clear error)."""
+    if "://" in ref or ref.startswith(("runs:/", "models:/")):
+        import mlflow
+        import mlflow.pytorch
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        try:
+            model = mlflow.pytorch.load_model(ref, map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - any MLflow failure is a bad reference for the user
+            raise ValueError(f"method.classifier: cannot load the MLflow model {ref!r} ({type(e).__name__}: "
+                             f"{str(e)[:200]}); allowed: \"train\", a model file, or runs:/<id>/<path>") from None
+    else:
+        p = Path(ref)
+        if not p.is_file():
+            raise ValueError(f"method.classifier: {ref!r} is neither \"train\", an existing file nor an MLflow "
+                             "model URI (runs:/<id>/<path>, models:/<name>/<version>)")
+        try:
+            model = torch.jit.load(str(p), map_location="cpu")
+        except Exception:  # noqa: BLE001 - not TorchScript: a pickled module
+            try:
+                model = torch.load(p, map_location="cpu", weights_only=False)
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"method.classifier: {ref}: not a torch.save'd nn.Module or TorchScript file "
+                                 f"({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"method.classifier: {ref} holds a {type(model).__name__}, not an nn.Module "
+                         "(save the module itself: torch.save(model, path))")
+    model = _inference_mode(model)
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *input_shape))
+    except Exception as e:  # noqa: BLE001 - a shape mismatch surfaces as any error inside forward
+        raise ValueError(f"method.classifier: the model does not accept the data's images of shape "
+                         f"{tuple(input_shape)} ({type(e).__name__}: {str(e)[:200]}); allowed: a classifier "
+                         "for inputs of exactly that shape (image size mismatch?)") from None
+    if out.ndim != 2 or out.shape[1] < num_classes:
+        raise ValueError(f"method.classifier: the model outputs shape {tuple(out.shape)} for 2 images; allowed: "
+                         f"logits (N, C) with C >= {num_classes} (the data's classes)")
+    return model
+
+
+class Scorer:
+    """Ray Data batch-inference UDF (one actor holds f): adds ``loss`` = ℓ(f(x), y), ``prob`` = softmax f(x),
+    ``pred`` to every row."""
+
+    def __init__(self, packed: dict, input_shape, num_classes: int, loss_fn: str):
+        torch.set_num_threads(1)
+        self.model = unpack_classifier(packed, input_shape, num_classes)
+        self.loss_fn = loss_fn
+
+    def __call__(self, batch: dict) -> dict:
+        x = torch.from_numpy(np.array(batch["x"], np.float32))      # a writable copy of Ray's read-only block
+        y = torch.from_numpy(np.array(batch["y"], np.int64))
+        with torch.no_grad():
+            logits = self.model(x).float()
+        batch["loss"] = per_sample_loss(logits, y, self.loss_fn).numpy().astype(np.float32)
+        batch["prob"] = torch.softmax(logits, 1).numpy().astype(np.float32)
+        batch["pred"] = logits.argmax(1).numpy().astype(np.int64)
+        return batch
+
+
+def _tag(i: int, domain: int):
+    def fn(b: dict) -> dict:
+        n = len(b["y"])
+        b["part"], b["domain"] = np.full(n, i, np.int64), np.full(n, domain, np.int64)
+        return b
+    return fn
+
+
+def score(bundle, packed: dict, loss_fn: str):
+    """Every row of both domains through f in ONE Ray Data batch-inference pass; returns the materialised
+    dataset (columns x, y, part (index in SPLIT_ORDER), domain (1|2), loss, prob, pred)."""
+    import ray.data
+
+    parts = [bundle.datasets[s].map_batches(_tag(i, 1 if s.startswith("d1") else 2), batch_format="numpy")
+             for i, s in enumerate(SPLIT_ORDER)]
+    ds = parts[0].union(*parts[1:])
+    kw = {"packed": packed, "input_shape": tuple(bundle.input_shape), "num_classes": bundle.num_classes,
+          "loss_fn": loss_fn}
+    return ds.map_batches(Scorer, fn_constructor_kwargs=kw,
+                          batch_size=256, batch_format="numpy", concurrency=1, num_cpus=1).materialize()
+
+
+SPLIT_ORDER = ("d1_train", "d1_val", "d2_train", "d2_val")
+
+
+def _columns(ds) -> dict[str, np.ndarray]:
+    parts: dict[str, list] = {}
+    for b in ds.iter_batches(batch_size=4096, batch_format="numpy"):
+        for k, v in b.items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def select(m, pool: dict) -> dict:
+    """S104 over the pools (``pool["d1"]`` / ``pool["d2"]``: x, y, loss): indices and the two samples."""
+    tau1, tau2 = m.tau1, m.tau2
+    if m.selection == "threshold" and m.tau_unit == "quantile":
+        tau1, tau2 = float(np.quantile(pool["d1"]["loss"], tau1)), float(np.quantile(pool["d2"]["loss"], tau2))
+    i1, i2 = select_pair(pool["d1"]["loss"], pool["d2"]["loss"], pool["d1"]["y"], pool["d2"]["y"],
+                         mode=m.selection, tau1=tau1, tau2=tau2, strict=m.strict, same_class=m.same_class,
+                         seed=m.pair_seed)
+    return {"i1": int(i1), "i2": int(i2),
+            "x1": pool["d1"]["x"][i1], "y1": int(pool["d1"]["y"][i1]), "l1": float(pool["d1"]["loss"][i1]),
+            "x2": pool["d2"]["x"][i2], "y2": int(pool["d2"]["y"][i2]), "l2": float(pool["d2"]["loss"][i2])}
+
+
+def prepare(cfg: ShiftExplainerConfig, bundle) -> dict:
+    """S101–S104 on the driver (see the module docstring). Returns the facts every worker gets, with
+    ``datasets`` (what the TorchTrainer trains on: ``gen_train`` = domain-1 ∪ domain-2 train rows, ``gen_val``
+    = the val rows, columns x, y, loss, domain) and ``sizes``."""
+    m = cfg.method
+    classifier, source = obtain_classifier(cfg, bundle)
+    packed = pack_classifier(classifier, source)
+    scored = score(bundle, packed, m.loss_fn)
+    cols = _columns(scored)
+    by_part = {s: cols["part"] == i for i, s in enumerate(SPLIT_ORDER)}
+    acc = {d: float((cols["pred"][mask] == cols["y"][mask]).mean())
+           for d, mask in (("d1", by_part["d1_val"]), ("d2", cols["domain"] == 2))}
+    shift = shift_test(cols["prob"][by_part["d1_val"]], cols["prob"][cols["domain"] == 2])
+    train_rows = by_part["d1_train"] | by_part["d2_train"]
+    loss_mean = float(cols["loss"][train_rows].mean())
+    loss_std = float(max(cols["loss"][train_rows].std(), 1e-6))
+    pool = {d: {k: cols[k][cols["domain"] == (1 if d == "d1" else 2)] for k in ("x", "y", "loss")}
+            for d in ("d1", "d2")}
+    chosen = select(m, pool)          # raises a ValueError naming method.tau1 / tau2 with the observed range
+    keep = ["x", "y", "loss", "domain"]
+    datasets = {"gen_train": scored.filter(lambda r: r["part"] in (0, 2)).select_columns(keep).materialize(),
+                "gen_val": scored.filter(lambda r: r["part"] in (1, 3)).select_columns(keep).materialize()}
+    return {"datasets": datasets,
+            "sizes": {**bundle.sizes, "gen_train": int(train_rows.sum()), "gen_val": int((~train_rows).sum())},
+            "classifier": packed, "classifier_source": source, "pool": pool, "selection": chosen,
+            "loss_mean": loss_mean, "loss_std": loss_std,
+            "loss_range": {d: [float(pool[d]["loss"].min()), float(pool[d]["loss"].max())] for d in pool},
+            "metrics": {"classifier_acc_domain1": acc["d1"], "classifier_acc_domain2": acc["d2"],
+                        "shift_pvalue": float(shift["pvalue"]), "shift_ks_stat": float(shift["ks_stat_max"]),
+                        "loss_mean_domain1": float(pool["d1"]["loss"].mean()),
+                        "loss_mean_domain2": float(pool["d2"]["loss"].mean())}}
+
+
+# =============================================================================================
+# Workers: S103
+# =============================================================================================
+
+@dataclass
+class Models:
+    gen: LossConditionedGenerator
+    disc: JointDiscriminator | None
+    style: StyleTransformer | None
+    style_disc: DomainDiscriminator | None
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+def build_models(cfg: ShiftExplainerConfig, input_shape, loss_mean: float, loss_std: float) -> Models:
+    m, shape = cfg.method, tuple(input_shape)
+    gen = LossConditionedGenerator(shape, m.latent_dim, cfg.model.width, m.model_type, loss_mean, loss_std)
+    disc = JointDiscriminator(shape, m.latent_dim, cfg.model.width) if m.model_type == "bigan" else None
+    style = StyleTransformer(shape, cfg.model.width) if m.style_transformer else None
+    style_disc = DomainDiscriminator(shape, cfg.model.width) if m.style_transformer else None
+    return Models(gen, disc, style, style_disc)
+
+
+def make_optimizers(cfg: ShiftExplainerConfig, models: Models) -> dict[str, torch.optim.Optimizer]:
+    lr, lr_d = cfg.train.lr, cfg.method.lr_d or cfg.train.lr
+    kw = {"weight_decay": cfg.train.weight_decay}
+    opts = {"gen": torch.optim.Adam(models.gen.parameters(), lr=lr, betas=(0.5, 0.999) if models.disc else (0.9, 0.999), **kw)}
+    if models.disc is not None:
+        opts["disc"] = torch.optim.Adam(models.disc.parameters(), lr=lr_d, betas=(0.5, 0.999), **kw)
+    if models.style is not None:
+        opts["style"] = torch.optim.Adam(models.style.parameters(), lr=lr, betas=(0.5, 0.999), **kw)
+        opts["style_disc"] = torch.optim.Adam(models.style_disc.parameters(), lr=lr_d, betas=(0.5, 0.999), **kw)
+    return opts
+
+
+def _step(opt, loss, module) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(module)
+    opt.step()
+
+
+def _independence_term(z: torch.Tensor, ln: torch.Tensor, m) -> tuple[torch.Tensor, dict]:
+    """``method.z_independence`` · nHSIC(Z, L) over the batch (off by default; not in the patent, spec §9.4):
+    Z is pushed to carry nothing about L, so what L explains has to come through the decoder's condition."""
+    if m.z_independence <= 0 or len(z) < 4:
+        return torch.zeros((), device=z.device), {}
+    dep = hsic_dependence(z, ln)
+    return m.z_independence * dep, {"loss_z_dependence": dep.detach()}
+
+
+def train_step(models: Models, opts: dict, x: torch.Tensor, l: torch.Tensor, domain: torch.Tensor, m,
+               gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """One S103 step on a batch of both domains (x, its classifier loss l, domain 1|2); returns the detached
+    losses (:data:`LOSS_KEYS`).
+
+    ae: dist(x, G(E(x), L)) (Eq. 3); vae: Eq. 10 (recon_weight·dist + β·KL); bigan: D(x, z | L) updated on
+    (x, E(x)) vs (G(z, L), z), z ~ N(0, I), L = the batch's real losses (spec §2.8 IMPL CHOICE), then E, G on
+    the flipped labels + recon_weight·dist(x, G(E(x), L)). Optional: :func:`_independence_term`. The
+    style transformer (claim 6, Eq. 11) trains on the batch's domain-2 rows (cycle 2 → 1 → 2) against D1 on
+    its domain-1 rows. The classifier f is not involved: its losses are columns of the batch."""
+    g, zero = models.gen, torch.zeros((), device=x.device)
+    out = dict.fromkeys(LOSS_KEYS, zero)
+    ln = g.normalize_loss(l)                      # the decoder's own conditioning value, for D(x, z | L)
+    if m.model_type == "bigan":
+        z = latent_prior(x.shape[0], m.latent_dim, generator=gen, device=x.device)
+        with torch.no_grad():
+            z_real, x_fake = g.encode(x), g.decode(z, l)
+        d_loss = bigan_d_loss(models.disc(x, z_real, ln), models.disc(x_fake, z, ln))
+        _step(opts["disc"], d_loss, models.disc)
+        z_real, x_fake = g.encode(x), g.decode(z, l)
+        rec = recon_loss(x, g.decode(z_real, l), m.recon)
+        extra, logs = _independence_term(z_real, ln, m)
+        total = bigan_eg_loss(models.disc(x, z_real, ln), models.disc(x_fake, z, ln)) + m.recon_weight * rec + extra
+        out["loss_d"] = d_loss.detach()
+    else:
+        res = g(x, l)
+        if m.model_type == "vae":
+            total, rec, kl = vae_loss(x, res["x_hat"], res["mu"], res["logvar"], beta=m.beta, kind=m.recon)
+            total = total + (m.recon_weight - 1.0) * rec
+            out["loss_kl"] = kl.detach()
+            z = res["mu"]
+        else:
+            rec = recon_loss(x, res["x_hat"], m.recon)
+            total = m.recon_weight * rec
+            z = res["z"]
+        extra, logs = _independence_term(z, ln, m)
+        total = total + extra
+    _step(opts["gen"], total, g)
+    if models.disc is not None:                   # E/G's backward reached D's parameters; never applied
+        models.disc.zero_grad(set_to_none=True)
+    out.update(loss_total=total.detach(), loss_recon=rec.detach(), **logs)
+    if models.style is not None:
+        x1, x2 = x[domain == 1], x[domain == 2]
+        if len(x1) and len(x2):
+            a = models.style(x2)
+            ds = style_d_loss(models.style_disc(x1), models.style_disc(a.detach()))
+            _step(opts["style_disc"], ds, models.style_disc)
+            cyc = cycle_loss(x2, models.style.to_domain2(a))
+            sg = style_g_loss(models.style_disc(a)) + m.lambda_cyc * cyc
+            _step(opts["style"], sg, models.style)
+            models.style_disc.zero_grad(set_to_none=True)
+            out.update(loss_style_cycle=cyc.detach(), loss_style_g=sg.detach(), loss_style_d=ds.detach())
+    return out
+
+
+@torch.no_grad()
+def evaluate(models: Models, loader, m, device) -> torch.Tensor:
+    """Held-out reconstruction dist(x, G(E(x), L)) summed with its row count (all-reduced by the caller)."""
+    models.gen.eval()
+    acc = torch.zeros(2, dtype=torch.float64, device=device)
+    for b in loader.full():
+        x_hat = models.gen.decode(models.gen.encode(b["x"]), b["loss"])
+        acc += torch.stack([recon_loss(b["x"], x_hat, m.recon).double() * len(b["x"]),
+                            torch.tensor(float(len(b["x"])), dtype=torch.float64, device=device)])
+    models.gen.train()
+    return acc
+
+
+def train_loop_per_worker(config: dict) -> None:
+    w = Worker(config, ShiftExplainerConfig)
+    cfg, m, P = w.cfg, w.cfg.method, w.run["prepared"]
+    models = build_models(cfg, w.run["input_shape"], P["loss_mean"], P["loss_std"])
+    for mod in models.modules().values():
+        mod.to(w.device)
+    opts = make_optimizers(cfg, models)
+    train, val = w.loader("gen_train"), w.loader("gen_val")
+    history: list[dict] = []
+    start = 1
+    state = w.restore()
+    if state is not None:
+        for k, mod in models.modules().items():
+            mod.load_state_dict(state[k])
+        for k, o in opts.items():
+            o.load_state_dict(state[f"opt_{k}"])
+        history, start = state["history"], state["epoch"] + 1
+    gen = torch.Generator(device=w.device).manual_seed(cfg.seed * 1_000_003 + 31 * w.rank + start)
+    w.set_tags({"classifier_source": P["classifier_source"]})
+    for epoch in range(start, cfg.train.epochs + 1):
+        rows = []
+        for b in train.epoch(epoch, w.steps_per_epoch):
+            losses = train_step(models, opts, b["x"], b["loss"].float(), b["domain"], m, gen)
+            rows.append(torch.stack(list(losses.values())))
+        means = all_reduce_sum(torch.stack(rows).double().sum(0)).cpu() / (len(rows) * w.world_size)
+        val_sum = all_reduce_sum(evaluate(models, val, m, w.device))
+        metrics = {k: means[i].item() for i, k in enumerate(LOSS_KEYS)}
+        metrics["recon_loss"] = (val_sum[0] / val_sum[1]).item()
+        metrics.update(P["metrics"])
+        w.say(f"[shift_explainer] epoch {epoch} ({m.model_type}) loss={metrics['loss_total']:.4f} "
+              f"recon(val)={metrics['recon_loss']:.4f}")
+        user_stop = w.stop_requested()
+        last = epoch == cfg.train.epochs or user_stop
+        final = {}
+        if last and w.is_chief:
+            classifier = unpack_classifier(P["classifier"], w.run["input_shape"], w.run["num_classes"], w.device)
+            expl = explain(models, classifier, P["selection"], m, w.device)
+            metrics.update(expl.metrics)
+            history.append(dict(metrics, epoch=epoch))
+            log_outputs(w, expl, models, classifier, history, P)
+            final = {"classifier": P["classifier"], "pool": P["pool"], "selection": P["selection"],
+                     "loss_range": P["loss_range"], "prepared_metrics": P["metrics"], "cfg": cfg.model_dump(mode="json"),
+                     "num_classes": w.run["num_classes"]}
+        else:
+            history.append(dict(metrics, epoch=epoch))
+        w.report(epoch, metrics, {**{k: mod.state_dict() for k, mod in models.modules().items()},
+                                  **{f"opt_{k}": o.state_dict() for k, o in opts.items()},
+                                  "history": history, **final})
+        if last:
+            w.set_tags({"stop_reason": "user_stop" if user_stop else "max_epochs"})
+            break
+
+
+# =============================================================================================
+# S105–S108: the explanation (rank 0 after training, or `trainlab explain` from a checkpoint)
+# =============================================================================================
+
+@dataclass
+class Explanation:
+    grid: Grid
+    realised_loss: np.ndarray     # (R, Cc) ℓ(f(cell), y) of every cell (real cells: the real samples)
+    ink: np.ndarray
+    hue: np.ndarray
+    label: np.ndarray             # (Cc,) the label each column's cells are scored with
+    selection: dict
+    metrics: dict[str, float]
+
+
+@torch.no_grad()
+def explain(models: Models, classifier: torch.nn.Module, sel: dict, m, device) -> Explanation:
+    """S105–S107 and the fidelity figures (spec §8.3 tests 9–12) on the grid, timed (``seconds_per_grid``)."""
+    t0 = time.perf_counter()
+    g = models.gen.eval()
+    x2 = torch.as_tensor(np.asarray(sel["x2"]), dtype=torch.float32, device=device)
+    sel = dict(sel)
+    extra: dict[str, float] = {}
+    if models.style is not None:          # claim 6: the first data is A(x(2))
+        models.style.eval()
+        x1 = models.style(x2[None])[0]
+        l1 = per_sample_loss(classifier(x1[None]).float(), torch.tensor([sel["y2"]], device=device), m.loss_fn)
+        sel.update(x1=x1.cpu().numpy(), y1=sel["y2"], l1=float(l1.item()), i1=-1)
+        extra["style_cycle_error"] = float((x2 - models.style.to_domain2(x1[None])[0]).abs().mean())
+        extra["style_loss_drop"] = sel["l2"] - sel["l1"]
+        extra["style_d1_real_prob"] = float(torch.sigmoid(models.style_disc(x1[None])).item())
+    else:
+        x1 = torch.as_tensor(np.asarray(sel["x1"]), dtype=torch.float32, device=device)
+    z1, z2 = g.encode(x1[None])[0], g.encode(x2[None])[0]
+    l1, l2 = float(sel["l1"]), float(sel["l2"])
+    k_z, k_l = m.k, m.effective_k_loss
+    Z, _ = interpolate(z1, z2, l1, l2, k_z)
+    _, L = interpolate(z1, z2, l1, l2, k_l)
+    Z, L = Z.to(device=device, dtype=torch.float32), L.to(device=device, dtype=torch.float32)
+    decode = g.decode
+    grid = (generate_grid(decode, x1, x2, Z, L) if m.layout == "grid" else generate_diagonal(decode, x1, x2, Z, L))
+    seconds = time.perf_counter() - t0
+    r, c = grid.images.shape[:2]
+    cells = grid.images.reshape(r * c, *grid.images.shape[2:])
+    # each column is scored with the label of its nearer endpoint (the same label everywhere if same_class)
+    t = np.linspace(0.0, 1.0, c)
+    label = np.where(t <= 0.5, sel["y1"], sel["y2"]).astype(np.int64)
+    y = torch.as_tensor(np.tile(label, r), device=device)
+    realised = per_sample_loss(classifier(cells).float(), y, m.loss_fn).reshape(r, c).cpu().numpy()
+    ink_v = ink(cells.clamp(0, 1)).reshape(r, c).cpu().numpy()
+    hue_v = hue(cells.clamp(0, 1)).reshape(r, c).cpu().numpy()
+    grid_l = np.asarray(grid.l.cpu() if torch.is_tensor(grid.l) else grid.l, dtype=np.float64).ravel()
+    metrics = {"seconds_per_grid": seconds, "selected_loss_domain1": l1, "selected_loss_domain2": l2, **extra}
+    if m.layout == "grid":
+        metrics.update({k: float(v) for k, v in grid_fidelity(realised, grid_l, ink_v, hue_v).items()})
+        if len(Z) >= 1 and float((z1 - z2).norm()) > 0:
+            metrics["latent_invariance"] = float(latent_invariance(g.encode, g.decode, Z, L[0].expand(len(Z)),
+                                                                   L[-1].expand(len(Z)), z1, z2))
+    else:                                   # one row: realised loss along the joint segment
+        from scipy.stats import spearmanr
+
+        rho = spearmanr(np.asarray(grid_l).ravel(), realised[0]).statistic if len(grid_l) > 2 else float("nan")
+        metrics["diagonal_loss_spearman"] = float(rho)
+    g.train()
+    return Explanation(grid, realised, ink_v, hue_v, label, sel, metrics)
+
+
+def render(expl: Explanation, path: str | Path, title: str = "") -> Path:
+    """The grid as a PNG a person reads (spec §2.7 / S108): feature axis horizontal (left Z(1) … right Z(2)),
+    loss axis vertical (top L(1) … bottom L(2)), the real samples outlined in the corners, the conditioning
+    loss L_i and the classifier's realised loss printed on every cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = expl.grid
+    imgs = g.images.detach().float().cpu().clamp(0, 1).numpy()
+    r, c = imgs.shape[:2]
+    fig, axes = plt.subplots(r, c, figsize=(1.35 * c + 1.2, 1.35 * r + 1.0), squeeze=False)
+    ls = np.asarray(g.l.cpu() if torch.is_tensor(g.l) else g.l).ravel()
+    for i in range(r):
+        for j in range(c):
+            a = axes[i, j]
+            im = imgs[i, j]
+            a.imshow(im[0] if im.shape[0] == 1 else np.moveaxis(im[:3], 0, -1), cmap="gray" if im.shape[0] == 1 else None,
+                     vmin=0, vmax=1)
+            a.set_xticks([]), a.set_yticks([])
+            real = bool(g.is_real[i, j])
+            for s in a.spines.values():
+                s.set_edgecolor("red" if real else "0.7")
+                s.set_linewidth(3 if real else 0.5)
+            a.set_title(("REAL " if real else "") + f"f-loss {expl.realised_loss[i, j]:.2f}", fontsize=6.5,
+                        color="red" if real else "black")
+            if j == 0 and g.layout == "grid":
+                a.set_ylabel(f"L={ls[i]:.2f}", fontsize=7)
+            if i == r - 1:
+                a.set_xlabel(f"t={j / max(c - 1, 1):.2f}" + (f"\nL={ls[j]:.2f}" if g.layout == "diagonal" else ""),
+                             fontsize=7)
+    sel = expl.selection
+    fig.supxlabel(f"feature axis Z: Z(1) of the domain-1 sample → Z(2) of the domain-2 sample (labels {sel['y1']} / "
+                  f"{sel['y2']})", fontsize=8)
+    if g.layout == "grid":
+        fig.supylabel(f"loss axis L (conditioning): {ls[0]:.2f} (correct) → {ls[-1]:.2f} (misclassified)", fontsize=8)
+    fig.suptitle(title or "shift_explainer: what changes the classifier's loss", fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def log_outputs(w: Worker, expl: Explanation, models: Models, classifier, history: list[dict], P: dict) -> None:
+    """Rank 0, after the last epoch: the grid PNG, the selected samples, curves, the models, to MLflow."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with tempfile.TemporaryDirectory() as d:
+        w.log_artifact(render(expl, Path(d) / "explanation_grid.png"), "explanation")
+        sel = expl.selection
+        np.savez(Path(d) / "selected_samples.npz", x1=np.asarray(sel["x1"]), x2=np.asarray(sel["x2"]),
+                 y1=sel["y1"], y2=sel["y2"], l1=sel["l1"], l2=sel["l2"])
+        w.log_artifact(Path(d) / "selected_samples.npz", "explanation")
+        info = {"selection": {k: v for k, v in sel.items() if k not in ("x1", "x2")}, "loss_range": P["loss_range"],
+                "grid_conditioning_losses": np.asarray(expl.grid.l.cpu()).tolist(),
+                "realised_loss": expl.realised_loss.tolist(), "ink": expl.ink.tolist(),
+                "hue": np.nan_to_num(expl.hue, nan=-1.0).tolist(), "column_labels": expl.label.tolist(),
+                "metrics": expl.metrics}
+        (Path(d) / "explanation.json").write_text(json.dumps(info, indent=1))
+        w.log_artifact(Path(d) / "explanation.json", "explanation")
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = [h["epoch"] for h in history]
+    ax[0].plot(ep, [h["loss_recon"] for h in history], "o-", label="train")
+    ax[0].plot(ep, [h["recon_loss"] for h in history], "s--", label="held-out")
+    ax[0].set(xlabel="epoch", ylabel="reconstruction dist(x, x′)", title="generative model")
+    ax[0].legend()
+    for d_, lab in (("d1", "domain 1"), ("d2", "domain 2")):
+        ax[1].hist(P["pool"][d_]["loss"], bins=40, alpha=0.6, label=lab)
+    ax[1].set(xlabel="per-sample classifier loss L", ylabel="samples", yscale="log", title="L by domain")
+    ax[1].legend()
+    w.log_figure(fig, "curves.png")
+    plt.close(fig)
+    shape = tuple(w.run["input_shape"])
+    w.log_model(models.gen, (torch.zeros(2, *shape), torch.zeros(2)), name="generator")   # forward(x, L)
+    w.log_model(classifier, torch.zeros(2, *shape), name="classifier")
+
+
+# =============================================================================================
+# `trainlab explain`: S104–S108 again from a finished run's checkpoint, no Ray
+# =============================================================================================
+
+def load_final_state(checkpoint: str) -> dict:
+    p = Path(checkpoint)
+    p = p / "state.pt" if p.is_dir() else p
+    if not p.is_file():
+        raise ValueError(f"--checkpoint {checkpoint}: no state.pt there (pass a run's checkpoint directory, "
+                         "e.g. the 'checkpoint' row of the run's summary)")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - not a torch checkpoint at all
+        raise ValueError(f"--checkpoint {checkpoint}: {p} is not a trainlab checkpoint ({type(e).__name__}: "
+                         f"{str(e)[:120]})") from None
+    if not isinstance(state, dict) or "pool" not in state or "gen" not in state:
+        raise ValueError(f"--checkpoint {checkpoint}: not the final checkpoint of a shift_explainer run (it holds "
+                         f"{', '.join(sorted(state)[:8]) if isinstance(state, dict) else type(state).__name__}); use the last "
+                         "checkpoint of the run")
+    return state
+
+
+def explain_from_checkpoint(checkpoint: str, sets: list[str] | None = None, output: str | None = None) -> tuple[Path, dict]:
+    """Reload the models, the classifier and the selection pools; re-select with the (overridden) method section;
+    render. Returns the PNG path and the figures. ``sets``: ``method.*`` overrides, validated by the config."""
+    from trainers.common.config import build_config, parse_set_args
+
+    state = load_final_state(checkpoint)
+    over = parse_set_args(sets)
+    bad = [k for k in over if k != "method"]
+    if bad:
+        raise ValueError(f"--set {bad[0]}.*: explain takes only method.* overrides (k, k_loss, layout, selection, "
+                         "tau1, tau2, strict, same_class)")
+    cfg = build_config(ShiftExplainerConfig, state["cfg"], over)
+    m = cfg.method
+    shape = tuple(np.asarray(state["pool"]["d1"]["x"]).shape[1:])
+    models = build_models(cfg, shape, 0.0, 1.0)
+    for k, mod in models.modules().items():
+        mod.load_state_dict(state[k])
+    classifier = unpack_classifier(state["classifier"], shape, int(state.get("num_classes", 0)))
+    sel = select(m, state["pool"])
+    expl = explain(models, classifier, sel, m, torch.device("cpu"))
+    out = Path(output) if output else Path(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent) / \
+        f"explanation_k{m.k}_{m.layout}_{m.selection}.png"
+    render(expl, out)
+    return out, {**state.get("prepared_metrics", {}), **expl.metrics}

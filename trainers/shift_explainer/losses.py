@@ -1,0 +1,757 @@
+"""Pure-PyTorch math of the ``shift_explainer`` method (JP7517093B2; spec ``shared/methods/shift_explainer.md``).
+
+No Ray and no MLflow here: interpolation, selection, losses, grid generation and metrics, unit-tested on their
+own (``tests/test_shift_explainer_math.py``). Every formula of the spec is [RECONSTRUCTED] from prose (the
+patent has no equations); the choices made where the text is silent are marked [IMPL CHOICE].
+
+Interpolation (spec §2.6, Eq. 6; §8.3 tests 1, 3, 4; :func:`interpolate`, :func:`interpolate_joint`)
+    K intermediate points, K + 2 points in all:  t_k = k / (K + 1),  k = 0 … K + 1,
+        Z_k = (1 − t_k)·Z(1) + t_k·Z(2)   (component-wise),   L_k = (1 − t_k)·L(1) + t_k·L(2).
+    The endpoints are EXACT (row 0 is Z(1) bit for bit, row K + 1 is Z(2)). Different counts on the two axes
+    (K_Z ≠ K_L) = two calls with different k, taking Z from one and L from the other.
+    Joint variant: interpolate the (d + 1)-vector [Z; L]; with the same t it gives the same numbers.
+
+Per-sample loss ℓ (spec §2.2, Eq. 2; §9.2; :func:`per_sample_loss`)
+    ``"ce"``: −log softmax(f(x))_y  (≥ 0, unbounded);  ``"one_minus_p"``: 1 − softmax(f(x))_y ∈ [0, 1]
+    (the bounded reading of the worked example's 0.1 / 0.9). Both are small when f classifies x correctly.
+
+Selection (spec §2.4, Eq. 4; §8.3 test 5; :func:`select_pair`)
+    ``"extreme"`` (Mode A): x(1) = argmin_{D1} L, x(2) = argmax_{D2} L.
+    ``"threshold"`` (Mode B): x(1) uniform in {L ≤ τ1} (``strict``: L < τ1, claim 5's English wording),
+        x(2) uniform in {L ≥ τ2}; ``strict`` applies to τ1 only (the ambiguity of spec §9.6 is about D1).
+    ``same_class`` [IMPL CHOICE, spec §9.5]: the pair must share a class label (the worked example uses "A"
+        twice). Ties are broken by the lowest index (as numpy's argmin / argmax).
+
+Generative-model losses (spec §2.3, §2.8, §2.9, §2.10)
+    Reconstruction dist (Eq. 3, [IMPL CHOICE]): ``"mse"`` / ``"l1"`` / ``"bce"``, the MEAN over all elements
+        (:func:`recon_loss`).
+    VAE (Eq. 10, [EXTERNAL]): KL(q(z|x) ‖ N(0, I)) = ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²) per sample, averaged
+        over the batch (the returned ``kl``, in nats per sample). The returned ``total`` puts it on the
+        per-element scale of ``recon``: total = recon + β · kl / P, P = C·H·W elements per sample
+        (:func:`vae_loss`). ``recon`` is exactly :func:`recon_loss`, so AE and VAE runs compare directly.
+    Conditional BiGAN (Eq. 9, [EXTERNAL] non-saturating BCE-with-logits form): D on logits s,
+        L_D = −mean log σ(s_real) − mean log(1 − σ(s_fake))            (real pair (x, E(x)) → 1,
+        L_EG = −mean log(1 − σ(s_real)) − mean log σ(s_fake)            generated (G(z, L), z) → 0; flipped)
+        with z ∼ N(0, I) (:func:`latent_prior`) and L = L(x) of a real minibatch sample [IMPL CHOICE, §2.8].
+    Style transformer, one CycleGAN direction (Eq. 11): L_cyc = mean |x2 − B(A(x2))| (L1, as CycleGAN);
+        L_D1 = −mean log σ(D1(x1)) − mean log(1 − σ(D1(A(x2)))); L_A = −mean log σ(D1(A(x2))) (non-saturating).
+    All logs are evaluated stably: log σ(s) = −softplus(−s), log(1 − σ(s)) = −softplus(s).
+
+Generation (spec §2.7, Eq. 7; §8.2; :func:`generate_grid`, :func:`generate_diagonal`)
+    Grid: cell [i, j] = G(Z_j, L_i), i = loss index (rows, top = L(1)), j = feature index (columns, left = Z(1));
+    [0, 0] = x(1) and [R − 1, C − 1] = x(2) are the real inputs, not generated: R·C − 2 cells are decoded in ONE
+    batched call (23 for K = 3). Diagonal: x(1), G(Z_1, L_1) … G(Z_K, L_K), x(2).
+
+Image proxies (spec §8.3 test 11; :func:`ink`, :func:`hue`), images in [0, 1], (N, C, H, W), C ∈ {1, 3}
+    ink pixel: max over channels > threshold. ink(x) = fraction of ink pixels (stroke-thickness proxy).
+    hue(x) = circular mean of the HSV hue (in turns, [0, 1)) of the ink pixels, each weighted by its chroma
+        max − min over RGB (a grey pixel has no hue; for a uniformly coloured stroke the weights do not matter).
+        NaN when an image has no ink pixel with non-zero chroma. Grayscale (C = 1): zeros.
+
+Fidelity (spec §8.3 tests 9–11; :func:`grid_fidelity`, :func:`latent_invariance`) and black-box shift
+detection on classifier outputs (:func:`shift_test`, per-class Kolmogorov–Smirnov with Bonferroni) — see the
+functions.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+import numpy as np
+import scipy.stats
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOSS_KINDS = ("ce", "one_minus_p")
+SELECTION_MODES = ("extreme", "threshold")
+RECON_KINDS = ("mse", "l1", "bce")
+LAYOUTS = ("grid", "diagonal")
+BCE_EPS = 1e-6
+
+
+def _allowed(name: str, value, allowed: Sequence[str]) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name}: unknown value {value!r}; allowed values: {', '.join(allowed)}")
+
+
+def _logits(x, name: str) -> Tensor:
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.float()
+    if x.numel() == 0:
+        raise ValueError(f"{name}: empty logits tensor (shape {tuple(x.shape)}); need at least one sample")
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _bce_real(s: Tensor) -> Tensor:
+    """−mean log σ(s): BCE-with-logits against label 1."""
+    return F.softplus(-s).mean()
+
+
+def _bce_fake(s: Tensor) -> Tensor:
+    """−mean log(1 − σ(s)): BCE-with-logits against label 0."""
+    return F.softplus(s).mean()
+
+
+# --------------------------------------------------------------------------- interpolation (Eq. 6)
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k: the number of intermediate points must be an integer >= 0, got {k!r}; "
+                         "allowed: an integer >= 0")
+    return int(k)
+
+
+def _result_dtype(*xs) -> torch.dtype:
+    """Floating tensors keep their dtype (promoted together); anything else is float64."""
+    dt = None
+    for x in xs:
+        if isinstance(x, Tensor) and x.is_floating_point():
+            dt = x.dtype if dt is None else torch.promote_types(dt, x.dtype)
+    return torch.float64 if dt is None else dt
+
+
+def _device(*xs) -> torch.device:
+    for x in xs:
+        if isinstance(x, Tensor):
+            return x.device
+    return torch.device("cpu")
+
+
+def _vector(x, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+    try:
+        t = torch.as_tensor(x if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: must be a 1-D array of numbers, got {x!r}") from e
+    if t.dim() != 1 or t.numel() < 1:
+        raise ValueError(f"{name}: must be a 1-D vector of shape (d,) with d >= 1, got shape {tuple(t.shape)}")
+    t = t.to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: all entries must be finite, got {t.tolist()}")
+    return t
+
+
+def _scalar(x, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if isinstance(x, bool):
+        raise ValueError(f"{name}: must be a real number, got {x!r}")
+    try:
+        t = torch.as_tensor(x if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: must be a real number, got {x!r}") from e
+    if t.numel() != 1:
+        raise ValueError(f"{name}: must be a scalar (a float or a 0-d / 1-element tensor), "
+                         f"got shape {tuple(t.shape)}")
+    t = t.reshape(()).to(device=device, dtype=dtype)
+    if not bool(torch.isfinite(t)):
+        raise ValueError(f"{name}: must be finite, got {float(t)}")
+    return t
+
+
+def _lerp_rows(a: Tensor, b: Tensor, k: int) -> Tensor:
+    """(k + 2, d): row m = (1 − t_m)·a + t_m·b, t_m = m / (k + 1); rows 0 and k + 1 are a and b exactly."""
+    t = (torch.arange(k + 2, dtype=torch.float64, device=a.device) / (k + 1)).to(a.dtype)[:, None]
+    out = (1 - t) * a[None, :] + t * b[None, :]
+    out[0] = a
+    out[-1] = b
+    return out
+
+
+def interpolate(z1, z2, l1, l2, k: int) -> tuple[Tensor, Tensor]:
+    """Linear interpolation of features and losses (spec Eq. 6, S106; claims 2 and 3).
+
+    z1, z2: feature vectors of shape (d,) (tensors or array-likes; 1-D required), l1, l2: scalar losses
+    (floats or 0-d / 1-element tensors), k: the number K of intermediate points, an integer >= 0.
+    Returns (Z, L) of shapes (K + 2, d) and (K + 2,) with t_k = k / (K + 1) evenly spaced:
+    Z[k] = (1 − t_k)·z1 + t_k·z2, L[k] = (1 − t_k)·l1 + t_k·l2; Z[0] == z1, Z[K + 1] == z2 (bitwise; the same
+    for L). dtype: that of the floating tensor inputs (float32 stays float32), else float64; device of the
+    first tensor input. Differentiable. ValueError for non-finite values, wrong shapes or a bad k."""
+    k = _check_k(k)
+    dt, dev = _result_dtype(z1, z2, l1, l2), _device(z1, z2, l1, l2)
+    a, b = _vector(z1, "z1", dt, dev), _vector(z2, "z2", dt, dev)
+    if a.shape != b.shape:
+        raise ValueError(f"z1, z2: need the same dimension d, got {tuple(a.shape)} and {tuple(b.shape)}")
+    la, lb = _scalar(l1, "l1", dt, dev), _scalar(l2, "l2", dt, dev)
+    return _lerp_rows(a, b, k), _lerp_rows(la[None], lb[None], k)[:, 0]
+
+
+def interpolate_joint(z1, z2, l1, l2, k: int) -> tuple[Tensor, Tensor]:
+    """Joint-space variant (spec §2.6, claim 3): interpolate the (d + 1)-vectors [z1; l1] → [z2; l2] and split
+    the result into (Z (K + 2, d), L (K + 2,)). Same arguments, dtypes and checks as :func:`interpolate`; it
+    yields the same values (the pairs (Z_k, L_k) of the diagonal)."""
+    k = _check_k(k)
+    dt, dev = _result_dtype(z1, z2, l1, l2), _device(z1, z2, l1, l2)
+    a, b = _vector(z1, "z1", dt, dev), _vector(z2, "z2", dt, dev)
+    if a.shape != b.shape:
+        raise ValueError(f"z1, z2: need the same dimension d, got {tuple(a.shape)} and {tuple(b.shape)}")
+    la, lb = _scalar(l1, "l1", dt, dev), _scalar(l2, "l2", dt, dev)
+    v = _lerp_rows(torch.cat([a, la[None]]), torch.cat([b, lb[None]]), k)
+    return v[:, :-1], v[:, -1]
+
+
+# --------------------------------------------------------------------------- per-sample classifier loss (Eq. 2)
+
+def per_sample_loss(logits, y, kind: str = "ce") -> Tensor:
+    """Per-sample loss L = ℓ(f(x), y) (spec Eq. 2) from logits (N, C) and int labels y (N,) in [0, C − 1].
+
+    ``kind="ce"``: cross entropy −log softmax(logits)_y (reduction none, ≥ 0);
+    ``kind="one_minus_p"``: 1 − softmax(logits)_y ∈ [0, 1]. Returns (N,), float32 (float64 for float64
+    logits), computed with autocast off. ValueError for bad shapes, non-integer or out-of-range labels."""
+    _allowed("kind", kind, LOSS_KINDS)
+    s = torch.as_tensor(logits)
+    if s.dim() != 2 or s.shape[0] < 1 or s.shape[1] < 1:
+        raise ValueError(f"logits: need shape (N, C) with N, C >= 1, got {tuple(s.shape)}")
+    s = s.double() if s.dtype == torch.float64 else s.float()
+    y = torch.as_tensor(y, device=s.device)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y: labels must be integers, got dtype {y.dtype}")
+    if y.shape != (s.shape[0],):
+        raise ValueError(f"y: need shape ({s.shape[0]},) matching logits, got {tuple(y.shape)}")
+    y = y.long()
+    n_cls = s.shape[1]
+    if bool(((y < 0) | (y >= n_cls)).any()):
+        raise ValueError(f"y: labels must lie in [0, {n_cls - 1}] (C = {n_cls} classes), got values in "
+                         f"[{int(y.min())}, {int(y.max())}]")
+    with torch.autocast(device_type=s.device.type, enabled=False):
+        logp = torch.log_softmax(s, dim=1).gather(1, y[:, None])[:, 0]
+        if kind == "ce":
+            return -logp
+        return -torch.expm1(logp)  # 1 − p, accurate for p near 1
+
+
+# --------------------------------------------------------------------------- selection (Eq. 4)
+
+def _sig3(v: float, rounding) -> str:
+    """v to 3 significant digits, rounded in the given direction (so a bound quoted to the user is valid)."""
+    if v == 0 or not math.isfinite(v):
+        return f"{v:.3g}"
+    d = Decimal(repr(float(v)))
+    q = d.quantize(Decimal(1).scaleb(d.adjusted() - 2), rounding=rounding)
+    return f"{float(q):.3g}"
+
+
+def _pool(loss, y, which: int, need_y: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    name = f"loss{which}"
+    try:
+        a = np.asarray(loss, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: must be a 1-D array of losses") from e
+    if a.ndim != 1:
+        raise ValueError(f"{name}: must be a 1-D array of per-sample losses, got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name}: the domain-{which} pool is empty; need at least one sample")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: all losses must be finite ({int((~np.isfinite(a)).sum())} are not)")
+    if y is None:
+        if need_y:
+            raise ValueError(f"y{which}: labels are required when same_class=True; allowed: an array of "
+                             f"{a.size} integer labels, or same_class=False")
+        return a, None
+    lab = np.asarray(y)
+    if lab.shape != a.shape:
+        raise ValueError(f"y{which}: need shape {a.shape} matching loss{which}, got {lab.shape}")
+    if lab.size and not np.issubdtype(lab.dtype, np.integer):
+        raise ValueError(f"y{which}: labels must be integers, got dtype {lab.dtype}")
+    return a, lab.astype(np.int64)
+
+
+def _span(a: np.ndarray) -> str:
+    return f"[{float(a.min()):.3g}, {float(a.max()):.3g}]"
+
+
+def _threshold(v, name: str) -> float:
+    if v is None:
+        raise ValueError(f"{name}: required in threshold selection mode (mode='threshold'); allowed: a finite "
+                         "number (a loss value)")
+    if isinstance(v, bool):
+        raise ValueError(f"{name}: must be a finite number, got {v!r}")
+    try:
+        f = float(v)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: must be a finite number, got {v!r}") from e
+    if not math.isfinite(f):
+        raise ValueError(f"{name}: must be a finite number, got {v!r}")
+    return f
+
+
+def select_pair(loss1, loss2, y1, y2, *, mode: str = "extreme", tau1: float | None = None,
+                tau2: float | None = None, strict: bool = False, same_class: bool = True,
+                seed: int = 0) -> tuple[int, int]:
+    """Select the visualisation targets (spec §2.4, Eq. 4, S104; claim 5): (i1, i2) = indices into pool 1
+    (domain 1, ``loss1``/``y1``) and pool 2 (domain 2, ``loss2``/``y2``).
+
+    ``mode="extreme"`` (Mode A): i1 = argmin loss1, i2 = argmax loss2. With ``same_class`` (default): i2 =
+        the largest-loss domain-2 sample whose class occurs in pool 1 (the global argmax when it does), then
+        i1 = argmin of loss1 over the pool-1 samples of that class. Ties → lowest index.
+    ``mode="threshold"`` (Mode B): candidates C1 = {loss1 ≤ tau1} (``strict``: loss1 < tau1),
+        C2 = {loss2 ≥ tau2}; i2 uniform in C2 (restricted to classes present in C1 when ``same_class``), then
+        i1 uniform in C1 ∩ {y1 = y2[i2]} (``np.random.default_rng(seed)``; deterministic given the seed).
+        tau1 and tau2 are required; errors name them as ``method.tau1`` / ``method.tau2`` and quote the
+        observed loss range (3 significant digits) and a threshold that would select something.
+    y1, y2: integer labels (may be None when same_class=False). ValueError for empty pools, shape mismatches,
+    non-finite losses, and selections that come out empty."""
+    _allowed("mode", mode, SELECTION_MODES)
+    a1, lab1 = _pool(loss1, y1, 1, same_class)
+    a2, lab2 = _pool(loss2, y2, 2, same_class)
+    use_cls = bool(same_class)
+
+    if mode == "extreme":
+        if not use_cls:
+            return int(np.argmin(a1)), int(np.argmax(a2))
+        present = set(lab1.tolist())
+        for i2 in np.argsort(-a2, kind="stable"):
+            c = int(lab2[i2])
+            if c in present:
+                idx = np.flatnonzero(lab1 == c)
+                return int(idx[np.argmin(a1[idx])]), int(i2)
+        raise ValueError(f"same_class: the two pools share no class (domain-1 classes "
+                         f"{sorted(present)}, domain-2 classes {sorted(set(lab2.tolist()))}); allowed: pools "
+                         "that share a class, or same_class=False")
+
+    t1, t2 = _threshold(tau1, "method.tau1"), _threshold(tau2, "method.tau2")
+    c1 = np.flatnonzero(a1 < t1 if strict else a1 <= t1)
+    c2 = np.flatnonzero(a2 >= t2)
+    if c1.size == 0:
+        op = ">" if strict else ">="
+        raise ValueError(f"method.tau1: {t1:.3g} selects no domain-1 sample (domain-1 losses span {_span(a1)}"
+                         f"{', strict comparison loss < tau1' if strict else ''}); allowed: a value {op} "
+                         f"{_sig3(float(a1.min()), ROUND_CEILING)}")
+    if c2.size == 0:
+        raise ValueError(f"method.tau2: {t2:.3g} selects no domain-2 sample (domain-2 losses span {_span(a2)}); "
+                         f"allowed: a value <= {_sig3(float(a2.max()), ROUND_FLOOR)}")
+    rng = np.random.default_rng(seed)
+    if use_cls:
+        cls1 = set(lab1[c1].tolist())
+        c2 = c2[np.isin(lab2[c2], sorted(cls1))]
+        if c2.size == 0:
+            cls2 = sorted(set(lab2[np.flatnonzero(a2 >= t2)].tolist()))
+            raise ValueError(f"method.tau1, method.tau2: with same_class=True the candidates share no class "
+                             f"(method.tau1 = {t1:.3g} selects domain-1 classes {sorted(cls1)}, method.tau2 = "
+                             f"{t2:.3g} selects domain-2 classes {cls2}); allowed: thresholds whose candidate "
+                             "sets share a class (raise method.tau1 or lower method.tau2), or same_class=False")
+    i2 = int(rng.choice(c2))
+    if use_cls:
+        c1 = c1[lab1[c1] == lab2[i2]]
+    i1 = int(rng.choice(c1))
+    return i1, i2
+
+
+# --------------------------------------------------------------------------- reconstruction / VAE (Eq. 3, 10)
+
+def _pair(x, x_hat) -> tuple[Tensor, Tensor]:
+    x, x_hat = torch.as_tensor(x), torch.as_tensor(x_hat)
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x, x_hat: need the same shape, got {tuple(x.shape)} and {tuple(x_hat.shape)}")
+    if x.numel() == 0:
+        raise ValueError("x: empty tensor; need at least one element")
+    dt = torch.float64 if torch.float64 in (x.dtype, x_hat.dtype) else torch.float32
+    return x.to(dt), x_hat.to(dt)
+
+
+def recon_loss(x, x_hat, kind: str = "mse") -> Tensor:
+    """Reconstruction error dist(x, x̂) of Eq. 3 [IMPL CHOICE], the MEAN over all elements (batch included):
+    ``"mse"``: mean (x − x̂)²; ``"l1"``: mean |x − x̂|; ``"bce"``: mean −[x log x̂ + (1 − x) log(1 − x̂)] with
+    x ∈ [0, 1] (ValueError otherwise) and x̂ probabilities clamped to [1e-6, 1 − 1e-6]. Autocast off."""
+    _allowed("kind", kind, RECON_KINDS)
+    x, x_hat = _pair(x, x_hat)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        if kind == "mse":
+            return (x - x_hat).pow(2).mean()
+        if kind == "l1":
+            return (x - x_hat).abs().mean()
+        if bool(((x < 0) | (x > 1)).any()):
+            raise ValueError(f"x: kind='bce' needs targets in [0, 1], got values in "
+                             f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        p = x_hat.clamp(BCE_EPS, 1.0 - BCE_EPS)
+        return -(x * torch.log(p) + (1 - x) * torch.log1p(-p)).mean()
+
+
+def vae_loss(x, x_hat, mu, logvar, beta: float = 1.0, kind: str = "mse") -> tuple[Tensor, Tensor, Tensor]:
+    """Conditional-VAE loss (spec Eq. 10, [EXTERNAL]) → (total, recon, kl).
+
+    recon = :func:`recon_loss` (x, x̂, kind) (per-element mean, the same number an AE run reports);
+    kl = mean over the batch of Σ_j ½(μ_j² + exp(logvar_j) − 1 − logvar_j) (nats per sample);
+    total = recon + beta · kl / P with P = C·H·W = x[0].numel() elements per sample — the KL is divided by P
+    so that it is on the per-element scale of recon. mu, logvar: (N, d); beta >= 0."""
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(float(beta)) or beta < 0:
+        raise ValueError(f"beta: the KL weight must be a finite number >= 0, got {beta!r}")
+    recon = recon_loss(x, x_hat, kind)
+    mu, logvar = torch.as_tensor(mu), torch.as_tensor(logvar)
+    x = torch.as_tensor(x)
+    if mu.dim() != 2 or mu.shape != logvar.shape or mu.shape[0] != x.shape[0]:
+        raise ValueError(f"mu, logvar: need equal shapes (N, d) with N = {x.shape[0]} (the batch of x), got "
+                         f"{tuple(mu.shape)} and {tuple(logvar.shape)}")
+    with torch.autocast(device_type=mu.device.type, enabled=False):
+        mu = mu.to(recon.dtype)
+        logvar = logvar.to(recon.dtype)
+        kl = (0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)).mean()
+        per_sample = x[0].numel()
+        return recon + float(beta) * kl / per_sample, recon, kl
+
+
+# --------------------------------------------------------------------------- conditional BiGAN (Eq. 9)
+
+def bigan_d_loss(d_real, d_fake) -> Tensor:
+    """Discriminator loss of the L-conditioned BiGAN (spec §2.8, Eq. 9), BCE with logits:
+    −mean log σ(D(x, E(x) | L)) − mean log(1 − σ(D(G(z, L), z | L))). d_real, d_fake: logits."""
+    r, f = _logits(d_real, "d_real"), _logits(d_fake, "d_fake")
+    with torch.autocast(device_type=r.device.type, enabled=False):
+        return _bce_real(r) + _bce_fake(f)
+
+
+def bigan_eg_loss(d_real, d_fake) -> Tensor:
+    """Encoder + generator loss of the BiGAN (labels flipped, non-saturating):
+    −mean log(1 − σ(D(x, E(x) | L))) − mean log σ(D(G(z, L), z | L)). E gets its gradient through d_real,
+    G through d_fake."""
+    r, f = _logits(d_real, "d_real"), _logits(d_fake, "d_fake")
+    with torch.autocast(device_type=r.device.type, enabled=False):
+        return _bce_fake(r) + _bce_real(f)
+
+
+def latent_prior(n: int, d: int, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """z ∼ N(0, I), shape (n, d), float32 (the BiGAN prior p(z), [IMPL CHOICE] spec §2.8)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n: the number of samples must be an integer >= 0, got {n!r}")
+    if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
+        raise ValueError(f"d: the latent dimension must be an integer >= 1, got {d!r}")
+    return torch.randn(int(n), int(d), generator=generator, device=device)
+
+
+# --------------------------------------------------------------------------- style transformer (Eq. 11)
+
+def cycle_loss(x2, x2_rec) -> Tensor:
+    """Cycle-consistency error of Eq. 11: mean |x2 − B(A(x2))| over all elements (L1, as CycleGAN)."""
+    a, b = _pair(x2, x2_rec)
+    return (a - b).abs().mean()
+
+
+def style_d_loss(d_real1, d_fake1) -> Tensor:
+    """D1's loss (Eq. 11): −mean log σ(D1(x1)) − mean log(1 − σ(D1(A(x2)))) from logits."""
+    r, f = _logits(d_real1, "d_real1"), _logits(d_fake1, "d_fake1")
+    with torch.autocast(device_type=r.device.type, enabled=False):
+        return _bce_real(r) + _bce_fake(f)
+
+
+def style_g_loss(d_fake1) -> Tensor:
+    """A's adversarial loss (non-saturating, [IMPL CHOICE] spec §9.10): −mean log σ(D1(A(x2)))."""
+    f = _logits(d_fake1, "d_fake1")
+    with torch.autocast(device_type=f.device.type, enabled=False):
+        return _bce_real(f)
+
+
+# --------------------------------------------------------------------------- image proxies
+
+def _images(images, name: str = "images") -> Tensor:
+    x = torch.as_tensor(images)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"{name}: need shape (N, C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
+    return x.double() if x.dtype == torch.float64 else x.float()
+
+
+def ink(images, threshold: float = 0.5) -> Tensor:
+    """Stroke-thickness proxy: per image, the fraction of pixels whose max over channels is > threshold.
+    images (N, C, H, W) in [0, 1], C ∈ {1, 3}; returns (N,) in [0, 1]."""
+    x = _images(images)
+    return (x.amax(dim=1) > float(threshold)).to(x.dtype).mean(dim=(1, 2))
+
+
+def rgb_hue(images) -> tuple[Tensor, Tensor]:
+    """Per-pixel HSV hue (turns, [0, 1)) and chroma (max − min) of RGB images (N, 3, H, W) → two (N, H, W)
+    tensors. Same convention as ``matplotlib.colors.rgb_to_hsv`` (hue 0 where the chroma is 0)."""
+    x = _images(images)
+    if x.shape[1] != 3:
+        raise ValueError(f"images: rgb_hue needs 3 channels, got shape {tuple(x.shape)}")
+    r, g, b = x.unbind(1)
+    mx, mn = x.amax(dim=1), x.amin(dim=1)
+    c = mx - mn
+    safe = torch.where(c > 0, c, torch.ones_like(c))
+    h = torch.where(mx == r, torch.remainder((g - b) / safe, 6.0), torch.zeros_like(c))
+    h = torch.where((mx == g) & (mx != r), (b - r) / safe + 2.0, h)
+    h = torch.where((mx == b) & (mx != r) & (mx != g), (r - g) / safe + 4.0, h)
+    h = torch.where(c > 0, torch.remainder(h / 6.0, 1.0), torch.zeros_like(c))
+    return h, c
+
+
+def hue(images, threshold: float = 0.5) -> Tensor:
+    """Colour proxy: per image, the chroma-weighted circular mean of the HSV hue of its ink pixels (max over
+    channels > threshold), in turns, [0, 1) (red 0, green 1/3, blue 2/3). (N,). NaN for an image with no ink
+    pixel of non-zero chroma. Grayscale images (C = 1) have no hue: zeros."""
+    x = _images(images)
+    if x.shape[1] == 1:
+        return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    h, c = rgb_hue(x)
+    w = c * (x.amax(dim=1) > float(threshold)).to(x.dtype)
+    ang = 2.0 * math.pi * h
+    s, co = (w * torch.sin(ang)).sum(dim=(1, 2)), (w * torch.cos(ang)).sum(dim=(1, 2))
+    out = torch.remainder(torch.atan2(s, co) / (2.0 * math.pi), 1.0)
+    out = torch.where(out >= 1.0, torch.zeros_like(out), out)  # remainder can round up to exactly 1
+    return torch.where(w.sum(dim=(1, 2)) > 0, out, torch.full_like(out, math.nan))
+
+
+# --------------------------------------------------------------------------- generation (Eq. 7)
+
+@dataclass
+class Grid:
+    """The generated matrix (spec §8.2).
+
+    images: (R, Cc, C, H, W); rows = loss index i (vertical, top = L(1)), columns = feature index j
+        (horizontal, left = Z(1)); for ``layout="diagonal"`` R = 1 and column k holds item k.
+    is_real: (R, Cc) bool, True exactly at the two real cells ([0, 0] = x(1), [R − 1, Cc − 1] = x(2)).
+    z: (Cc, d) the feature of each column; l: the loss of each row (R,) — for the diagonal, (K + 2,) the loss
+        of each item. layout: "grid" or "diagonal"."""
+    images: Tensor
+    is_real: Tensor
+    z: Tensor
+    l: Tensor
+    layout: str
+
+    @property
+    def n_generated(self) -> int:
+        return int((~self.is_real).sum())
+
+
+def _check_gen_inputs(x1, x2, Z, L) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x1, x2 = torch.as_tensor(x1), torch.as_tensor(x2)
+    if x1.dim() != 3 or x1.shape != x2.shape:
+        raise ValueError(f"x1, x2: need two single images of the same shape (C, H, W), got {tuple(x1.shape)} "
+                         f"and {tuple(x2.shape)}")
+    Z, L = torch.as_tensor(Z), torch.as_tensor(L)
+    if Z.dim() != 2 or Z.shape[0] < 2:
+        raise ValueError(f"Z: need shape (n_z, d) with n_z >= 2 (both endpoints), got {tuple(Z.shape)}")
+    if L.dim() != 1 or L.shape[0] < 2:
+        raise ValueError(f"L: need shape (n_l,) with n_l >= 2 (both endpoints), got {tuple(L.shape)}")
+    return x1, x2, Z, L
+
+
+def _decode_checked(decode: Callable[[Tensor, Tensor], Tensor], z: Tensor, l: Tensor,
+                    image_shape: torch.Size) -> Tensor:
+    out = decode(z, l)
+    if not isinstance(out, Tensor) or tuple(out.shape) != (z.shape[0], *image_shape):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"decode: must return a tensor of shape ({z.shape[0]}, {', '.join(map(str, image_shape))})"
+                         f" for {z.shape[0]} (z, l) rows, got {got}")
+    return out
+
+
+def generate_grid(decode: Callable[[Tensor, Tensor], Tensor], x1, x2, Z, L) -> Grid:
+    """Feature × loss grid (spec §2.7 Eq. 7, S107, Fig. 9): cell [i, j] = decode(Z[j], L[i]) for every loss
+    index i (R = len(L) rows, top = L(1)) and feature index j (Cc = len(Z) columns, left = Z(1)), except the
+    real cells [0, 0] = x1 and [R − 1, Cc − 1] = x2 (the inputs themselves, cast to the decoder's dtype and
+    device). The counts may differ (K_Z ≠ K_L): the real corners stay [0, 0] and [R − 1, Cc − 1].
+
+    ``decode(z (n, d), l (n,)) → (n, C, H, W)`` is called ONCE, under ``torch.no_grad()``, on the R·Cc − 2
+    generated cells in row-major order (23 rows for K = 3). x1, x2: (C, H, W). Z: (Cc, d), L: (R,), each with
+    at least the two endpoints. The returned images carry no autograd graph (x1, x2 are detached)."""
+    x1, x2, Z, L = _check_gen_inputs(x1, x2, Z, L)
+    n_r, n_c = L.shape[0], Z.shape[0]
+    ii, jj = torch.meshgrid(torch.arange(n_r), torch.arange(n_c), indexing="ij")
+    ii, jj = ii.reshape(-1), jj.reshape(-1)
+    keep = ~(((ii == 0) & (jj == 0)) | ((ii == n_r - 1) & (jj == n_c - 1)))
+    gi, gj = ii[keep], jj[keep]
+    with torch.no_grad():
+        out = _decode_checked(decode, Z[gj.to(Z.device)], L[gi.to(L.device)], x1.shape)
+        images = torch.empty((n_r, n_c, *x1.shape), dtype=out.dtype, device=out.device)
+        images[gi.to(out.device), gj.to(out.device)] = out
+        images[0, 0] = x1.detach().to(device=out.device, dtype=out.dtype)
+        images[n_r - 1, n_c - 1] = x2.detach().to(device=out.device, dtype=out.dtype)
+    is_real = torch.zeros(n_r, n_c, dtype=torch.bool)
+    is_real[0, 0] = is_real[n_r - 1, n_c - 1] = True
+    return Grid(images=images, is_real=is_real, z=Z, l=L, layout="grid")
+
+
+def generate_diagonal(decode: Callable[[Tensor, Tensor], Tensor], x1, x2, Z, L) -> Grid:
+    """Diagonal / joint-space sequence (spec §2.7, claim 3): x1, decode(Z[k], L[k]) for k = 1 … K, x2 — one
+    row, images (1, K + 2, C, H, W), is_real (1, K + 2) True at both ends. Needs len(Z) == len(L) = K + 2 >= 2.
+    ``decode`` is called once on the K inner pairs (not at all when K = 0), under ``torch.no_grad()``."""
+    x1, x2, Z, L = _check_gen_inputs(x1, x2, Z, L)
+    if Z.shape[0] != L.shape[0]:
+        raise ValueError(f"Z, L: the diagonal layout needs as many features as losses, got {Z.shape[0]} and "
+                         f"{L.shape[0]}")
+    n = Z.shape[0]
+    x1r, x2r = x1.detach()[None], x2.detach()[None]
+    with torch.no_grad():
+        if n > 2:
+            out = _decode_checked(decode, Z[1:-1], L[1:-1], x1.shape)
+            dt, dev = out.dtype, out.device
+            items = torch.cat([x1r.to(device=dev, dtype=dt), out, x2r.to(device=dev, dtype=dt)])
+        else:
+            items = torch.cat([x1r, x2r.to(device=x1.device, dtype=x1.dtype)])
+    is_real = torch.zeros(1, n, dtype=torch.bool)
+    is_real[0, 0] = is_real[0, -1] = True
+    return Grid(images=items[None], is_real=is_real, z=Z, l=L, layout="diagonal")
+
+
+# --------------------------------------------------------------------------- fidelity (spec §8.3 tests 9-11)
+
+def _grid_array(a, name: str, shape: tuple[int, int] | None = None) -> np.ndarray:
+    a = np.asarray(a.detach().cpu() if isinstance(a, Tensor) else a, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 1:
+        raise ValueError(f"{name}: need an (R, Cc) array with R >= 2, got shape {a.shape}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name}: need shape {shape} like realised_loss, got {a.shape}")
+    return a
+
+
+def _nanmean(v) -> float:
+    v = np.asarray(v, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else math.nan
+
+
+def _column_spearman(x: np.ndarray, m: np.ndarray) -> float:
+    """Mean over the columns of m of Spearman ρ(x, m[:, j]); columns that are constant or non-finite (ρ
+    undefined) are skipped; NaN if x is constant or no column is usable."""
+    if np.ptp(x) == 0:
+        return math.nan
+    vals = []
+    for j in range(m.shape[1]):
+        col = m[:, j]
+        if not np.isfinite(col).all() or np.ptp(col) == 0:
+            continue
+        vals.append(float(scipy.stats.spearmanr(x, col).statistic))
+    return _nanmean(vals)
+
+
+def circular_distance(a, b) -> np.ndarray:
+    """Distance between hues in turns on the circle: min(|a − b| mod 1, 1 − |a − b| mod 1) ∈ [0, 0.5];
+    NaN where either is NaN."""
+    d = np.mod(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)), 1.0)
+    return np.minimum(d, 1.0 - d)
+
+
+def grid_fidelity(realised_loss, grid_l, ink_vals, hue_vals) -> dict[str, float]:
+    """Conditioning-fidelity and semantic metrics of a generated grid (spec §8.3 tests 9 and 11).
+
+    realised_loss, ink_vals, hue_vals: (R, Cc) arrays — the classifier loss ℓ(f(x̂_ij), y), the ink fraction
+    and the hue of every cell (row i = loss index, column j = feature index); grid_l: the (R,) conditioning
+    losses L_i. Returns floats (NaN where undefined):
+      loss_axis_spearman            mean_j Spearman ρ(grid_l, realised_loss[:, j])  (constant columns skipped)
+      feature_axis_loss_spread      mean_i std_j realised_loss[i, j]    (std with ddof = 0)
+      loss_axis_loss_spread         mean_j std_i realised_loss[i, j]
+      thickness_loss_axis_spearman  mean_j Spearman ρ(grid_l, ink[:, j])
+      thickness_change_loss_axis    mean_j (ink[R−1, j] − ink[0, j])
+      thickness_change_feature_axis mean_i (ink[i, Cc−1] − ink[i, 0])
+      hue_change_feature_axis       mean_i circular_distance(hue[i, Cc−1], hue[i, 0])   (NaN entries skipped)
+      hue_change_loss_axis          mean_j circular_distance(hue[R−1, j], hue[0, j])"""
+    rl = _grid_array(realised_loss, "realised_loss")
+    gl = np.asarray(grid_l.detach().cpu() if isinstance(grid_l, Tensor) else grid_l, dtype=np.float64)
+    if gl.shape != (rl.shape[0],):
+        raise ValueError(f"grid_l: need shape ({rl.shape[0]},) (one loss per row), got {gl.shape}")
+    if not np.isfinite(gl).all():
+        raise ValueError("grid_l: the conditioning losses must be finite")
+    ik = _grid_array(ink_vals, "ink_vals", rl.shape)
+    hu = _grid_array(hue_vals, "hue_vals", rl.shape)
+    return {
+        "loss_axis_spearman": _column_spearman(gl, rl),
+        "feature_axis_loss_spread": _nanmean(rl.std(axis=1)),
+        "loss_axis_loss_spread": _nanmean(rl.std(axis=0)),
+        "thickness_loss_axis_spearman": _column_spearman(gl, ik),
+        "thickness_change_loss_axis": _nanmean(ik[-1, :] - ik[0, :]),
+        "thickness_change_feature_axis": _nanmean(ik[:, -1] - ik[:, 0]),
+        "hue_change_feature_axis": _nanmean(circular_distance(hu[:, -1], hu[:, 0])),
+        "hue_change_loss_axis": _nanmean(circular_distance(hu[-1, :], hu[0, :])),
+    }
+
+
+def latent_invariance(encode: Callable[[Tensor], Tensor], decode: Callable[[Tensor, Tensor], Tensor], z, l_a, l_b,
+                      z1, z2) -> float:
+    """Latent invariance (spec §8.3 test 10): mean_n ‖E(G(z_n, l_a)) − E(G(z_n, l_b))‖₂ / ‖z1 − z2‖₂ over the
+    rows of z (n, d). l_a, l_b: scalars or (n,) losses (raw, as ``decode`` takes them). Small = Z does not
+    encode L. Runs under ``torch.no_grad()``. ValueError if z1 == z2."""
+    z = torch.as_tensor(z)
+    if z.dim() != 2 or z.shape[0] < 1:
+        raise ValueError(f"z: need shape (n, d) with n >= 1, got {tuple(z.shape)}")
+    z1, z2 = torch.as_tensor(z1), torch.as_tensor(z2)
+    if z1.reshape(-1).shape != (z.shape[1],) or z2.reshape(-1).shape != (z.shape[1],):
+        raise ValueError(f"z1, z2: need {z.shape[1]} entries each (the d of z), got {tuple(z1.shape)} and "
+                         f"{tuple(z2.shape)}")
+    ref = float(torch.linalg.vector_norm((z1.reshape(-1) - z2.reshape(-1)).double()))
+    if not ref > 0:
+        raise ValueError("z1, z2: must differ (the reference distance ||z1 - z2|| is 0)")
+
+    def _l(v, name):
+        t = torch.as_tensor(v, dtype=z.dtype, device=z.device)
+        if t.numel() == 1:
+            return t.reshape(()).expand(z.shape[0])
+        if t.shape != (z.shape[0],):
+            raise ValueError(f"{name}: need a scalar or shape ({z.shape[0]},), got {tuple(t.shape)}")
+        return t
+
+    la, lb = _l(l_a, "l_a"), _l(l_b, "l_b")
+    with torch.no_grad():
+        ea, eb = encode(decode(z, la)), encode(decode(z, lb))
+        d = torch.linalg.vector_norm((ea - eb).double().reshape(z.shape[0], -1), dim=1)
+    return float(d.mean()) / ref
+
+
+# --------------------------------------------------------------------------- shift detection
+
+def _probs(p, name: str) -> np.ndarray:
+    a = np.asarray(p.detach().cpu() if isinstance(p, Tensor) else p, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"{name}: need softmax probabilities of shape (N, C) with N, C >= 1, got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: all probabilities must be finite")
+    return a
+
+
+def shift_test(p1, p2) -> dict[str, float]:
+    """Black-box shift detection on classifier outputs ("BBSD"-style, [EXTERNAL]; not in the patent): softmax
+    probabilities p1 (N1, C) on domain 1 and p2 (N2, C) on domain 2.
+
+    Per class c, the two-sample Kolmogorov–Smirnov test of p1[:, c] vs p2[:, c] (``scipy.stats.ks_2samp``,
+    two-sided, default method); returns
+      pvalue                min(1, C · min_c p_c)  (Bonferroni over the C tests)
+      pvalue_min            min_c p_c  (uncorrected)
+      ks_stat_max           max_c D_c
+      ks_confidence_pvalue  KS p-value of the max-softmax confidence max_c p[:, c] alone
+      ks_confidence_stat    its statistic."""
+    a, b = _probs(p1, "p1"), _probs(p2, "p2")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"p1, p2: need the same number of classes, got {a.shape[1]} and {b.shape[1]}")
+    n_cls = a.shape[1]
+    res = [scipy.stats.ks_2samp(a[:, c], b[:, c]) for c in range(n_cls)]
+    pv = np.array([float(r.pvalue) for r in res])
+    st = np.array([float(r.statistic) for r in res])
+    conf = scipy.stats.ks_2samp(a.max(axis=1), b.max(axis=1))
+    return {
+        "pvalue": float(min(1.0, n_cls * pv.min())),
+        "pvalue_min": float(pv.min()),
+        "ks_stat_max": float(st.max()),
+        "ks_confidence_pvalue": float(conf.pvalue),
+        "ks_confidence_stat": float(conf.statistic),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Independence of Z and L (optional; NOT in the patent — spec §9.4 flags that nothing stops Z from also
+# encoding L). Normalised HSIC with Gaussian kernels (bandwidth: the median pairwise distance).
+# ---------------------------------------------------------------------------------------------
+
+def _rbf_centered(a: Tensor) -> Tensor:
+    a = a.reshape(len(a), -1).float()
+    d2 = torch.cdist(a, a).pow(2)
+    off = d2[~torch.eye(len(a), dtype=torch.bool, device=a.device)]
+    bw = off.detach().median().clamp_min(1e-12)
+    k = torch.exp(-d2 / bw)
+    n = len(a)
+    h = torch.eye(n, device=a.device) - 1.0 / n
+    return h @ k @ h
+
+
+def hsic_dependence(z, l) -> Tensor:
+    """Normalised HSIC between the rows of ``z`` (N, d) and ``l`` (N,) or (N, k), N >= 4:
+    ⟨K̃_z, K̃_l⟩ / (‖K̃_z‖ ‖K̃_l‖) with K̃ = H K H the centred Gaussian Gram matrices (bandwidth = median squared
+    pairwise distance, not differentiated). In [0, 1]; about 0 when Z and L are independent, larger the more
+    Z tells about L; invariant to rescaling either argument, so an encoder cannot lower it by shrinking Z.
+    Differentiable in ``z``."""
+    z = torch.as_tensor(z)
+    l = torch.as_tensor(l, device=z.device)
+    if z.dim() != 2 or len(l) != len(z) or len(z) < 4:
+        raise ValueError(f"z, l: need z (N, d) and l (N,) with the same N >= 4, got {tuple(z.shape)} and "
+                         f"{tuple(l.shape)}")
+    kz, kl = _rbf_centered(z), _rbf_centered(l)
+    return (kz * kl).sum() / (kz.norm() * kl.norm()).clamp_min(1e-12)
