@@ -24,7 +24,6 @@ final checkpoint in seconds, with other K / layout / selection settings.
 from __future__ import annotations
 
 import io
-import math
 import os
 import tempfile
 import time
@@ -285,8 +284,6 @@ def _tag(i: int, domain: int):
 def score(bundle, packed: dict, loss_fn: str):
     """Every row of both domains through f in ONE Ray Data batch-inference pass; returns the materialised
     dataset (columns x, y, part (index in SPLIT_ORDER), domain (1|2), loss, prob, pred)."""
-    import ray.data
-
     parts = [bundle.datasets[s].map_batches(_tag(i, 1 if s.startswith("d1") else 2), batch_format="numpy")
              for i, s in enumerate(SPLIT_ORDER)]
     ds = parts[0].union(*parts[1:])
