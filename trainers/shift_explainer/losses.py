@@ -159,6 +159,17 @@ def _lerp_rows(a: Tensor, b: Tensor, k: int) -> Tensor:
     return out
 
 
+def _endpoints(z1, z2, l1, l2, k) -> tuple[int, Tensor, Tensor, Tensor, Tensor]:
+    """The validated (k, z1, z2, l1, l2) of both interpolations, in one dtype and on one device."""
+    k = _check_k(k)
+    dt, dev = _result_dtype(z1, z2, l1, l2), _device(z1, z2, l1, l2)
+    a, b = _vector(z1, "z1", dt, dev), _vector(z2, "z2", dt, dev)
+    if a.shape != b.shape:
+        raise ValueError(f"z1, z2: need the same dimension d, got {tuple(a.shape)} and {tuple(b.shape)}")
+    la, lb = _scalar(l1, "l1", dt, dev), _scalar(l2, "l2", dt, dev)
+    return k, a, b, la, lb
+
+
 def interpolate(z1, z2, l1, l2, k: int) -> tuple[Tensor, Tensor]:
     """Linear interpolation of features and losses (spec Eq. 6, S106; claims 2 and 3).
 
@@ -168,12 +179,7 @@ def interpolate(z1, z2, l1, l2, k: int) -> tuple[Tensor, Tensor]:
     Z[k] = (1 − t_k)·z1 + t_k·z2, L[k] = (1 − t_k)·l1 + t_k·l2; Z[0] == z1, Z[K + 1] == z2 (bitwise; the same
     for L). dtype: that of the floating tensor inputs (float32 stays float32), else float64; device of the
     first tensor input. Differentiable. ValueError for non-finite values, wrong shapes or a bad k."""
-    k = _check_k(k)
-    dt, dev = _result_dtype(z1, z2, l1, l2), _device(z1, z2, l1, l2)
-    a, b = _vector(z1, "z1", dt, dev), _vector(z2, "z2", dt, dev)
-    if a.shape != b.shape:
-        raise ValueError(f"z1, z2: need the same dimension d, got {tuple(a.shape)} and {tuple(b.shape)}")
-    la, lb = _scalar(l1, "l1", dt, dev), _scalar(l2, "l2", dt, dev)
+    k, a, b, la, lb = _endpoints(z1, z2, l1, l2, k)
     return _lerp_rows(a, b, k), _lerp_rows(la[None], lb[None], k)[:, 0]
 
 
@@ -181,12 +187,7 @@ def interpolate_joint(z1, z2, l1, l2, k: int) -> tuple[Tensor, Tensor]:
     """Joint-space variant (spec §2.6, claim 3): interpolate the (d + 1)-vectors [z1; l1] → [z2; l2] and split
     the result into (Z (K + 2, d), L (K + 2,)). Same arguments, dtypes and checks as :func:`interpolate`; it
     yields the same values (the pairs (Z_k, L_k) of the diagonal)."""
-    k = _check_k(k)
-    dt, dev = _result_dtype(z1, z2, l1, l2), _device(z1, z2, l1, l2)
-    a, b = _vector(z1, "z1", dt, dev), _vector(z2, "z2", dt, dev)
-    if a.shape != b.shape:
-        raise ValueError(f"z1, z2: need the same dimension d, got {tuple(a.shape)} and {tuple(b.shape)}")
-    la, lb = _scalar(l1, "l1", dt, dev), _scalar(l2, "l2", dt, dev)
+    k, a, b, la, lb = _endpoints(z1, z2, l1, l2, k)
     v = _lerp_rows(torch.cat([a, la[None]]), torch.cat([b, lb[None]]), k)
     return v[:, :-1], v[:, -1]
 
