@@ -154,6 +154,17 @@ def mask_checksum(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor]) -> 
     return torch.tensor([float((bits * (np.arange(bits.size) % 251 + 1)).sum()), wsum], dtype=torch.float64)
 
 
+def train_step(model: nn.Module, opt, x: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    """One step of cross-entropy on the first ``num_classes`` logits (the task's slice of the shared head);
+    ``opt`` is a :class:`MaskedOptimizer` in the method (owned weights stay fixed). Returns the detached loss.
+    :meth:`ContinualLearner.train_phase` and the benchmark's plain-PyTorch path both call this."""
+    loss = F.cross_entropy(model(x)[:, :num_classes].float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 # ----------------------------------------------------------------------------------------- per-worker task data
 
 class TaskData:
@@ -262,10 +273,7 @@ class ContinualLearner:
         total = torch.zeros(2, dtype=torch.float64)
         for e in range(epochs):
             for x, y in self.data.batches(t, e, phase):
-                loss = F.cross_entropy(self._logits(x, t).float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss = train_step(self.model, opt, x, y, len(self.data.classes[t - 1]))
                 total += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
         total = self.reduce(total)
         return float(total[0] / total[1])

@@ -69,6 +69,17 @@ def step_terms(model, tap: FeatureTap, m, xs: torch.Tensor, ys: torch.Tensor, xu
                                reduction=m.aggregation, normalize=m.normalize, decov_weight=m.decov_weight)
 
 
+def train_step(model, tap: FeatureTap, opt, m, xs: torch.Tensor, ys: torch.Tensor, xu: torch.Tensor | None,
+               autocast=contextlib.nullcontext) -> dict[str, torch.Tensor]:
+    """One optimisation step on the objective of :func:`step_terms`; returns the terms (the loop and the
+    benchmark's plain-PyTorch path both call this)."""
+    terms = step_terms(model, tap, m, xs, ys, xu, autocast)
+    opt.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    opt.step()
+    return terms
+
+
 def check(cfg: DecorrelationConfig, bundle) -> None:
     """Driver-side: build the network once and run a 2-sample forward, so a wrong layer name or a
     user model that does not fit the data fails before any worker starts."""
@@ -119,10 +130,7 @@ def train_loop_per_worker(config: dict) -> None:
         tgt_batches = tgt.epoch(epoch, w.steps_per_epoch) if tgt is not None else None
         for bs in src.epoch(epoch, w.steps_per_epoch):
             bu = next(tgt_batches) if tgt_batches is not None else None
-            terms = step_terms(model, tap, m, bs["x"], bs["y"], None if bu is None else bu["x"], w.autocast)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            opt.step()
+            terms = train_step(model, tap, opt, m, bs["x"], bs["y"], None if bu is None else bu["x"], w.autocast)
             sums += torch.stack([terms[k].detach().double() for k in
                                  ("loss", "task_loss", "corr_loss_labelled", "corr_loss_unlabelled")])
         # the task loss is a per-worker mean: average over steps and ranks for the global mean

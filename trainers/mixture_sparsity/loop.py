@@ -13,6 +13,7 @@ MACs, accuracy after pruning, the pruned-vs-masked output difference and measure
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -127,6 +128,21 @@ def check(cfg: MixtureSparsityConfig, bundle) -> None:
                          "method.budget_search=threshold")
 
 
+def train_step(model, base, opt, m, spec, family, x: torch.Tensor, y: torch.Tensor, lam: float,
+               autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of L = E + lam·R (``base``: the bare module whose groups R reads); returns detached
+    (L, E, R). The loop and the benchmark's plain-PyTorch path both call this."""
+    with autocast():
+        logits = model(x)
+    task = F.cross_entropy(logits.float(), y)
+    reg = regularizer(m.regularizer, layer_groups(base, spec), m.weights, m.means, m.stds, family)
+    loss = task + lam * reg
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach(), task.detach(), reg.detach()
+
+
 @torch.no_grad()
 def accuracy(w: Worker, model, loader) -> float:
     model.eval()
@@ -185,15 +201,9 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         sums = torch.zeros(3, dtype=torch.float64, device=w.device)  # on device: no host sync per step
         for b in train.epoch(epoch, w.steps_per_epoch):
-            with w.autocast():
-                logits = model(b["x"])
-            task = F.cross_entropy(logits.float(), b["y"])
-            reg = regularizer(m.regularizer, layer_groups(base, spec), m.weights, m.means, m.stds, family)
-            loss = task + (m.lam if epoch > m.warmup_epochs else 0.0) * reg
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.stack([loss.detach().double(), task.detach().double(), reg.detach().double()])
+            loss, task, reg = train_step(model, base, opt, m, spec, family, b["x"], b["y"],
+                                         m.lam if epoch > m.warmup_epochs else 0.0, w.autocast)
+            sums += torch.stack([loss.double(), task.double(), reg.double()])
         means = all_reduce_sum(sums).cpu() / (w.steps_per_epoch * w.world_size)
         norms = exact_norms(base, spec)
         tau = tau_cfg if tau_cfg is not None else budget_threshold(base, spec, norms, m.budget, m.budget_unit)
