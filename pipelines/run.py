@@ -114,6 +114,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         "cache_in_memory": getattr(getattr(cfg, "data", None), "cache_in_memory", True),
         "prepared": prepared,
         "mlflow_pending_dir": tracking.pending_dir(),
+        "driver_niceness": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
     }
     s = cfg.scaling
     trainer = TorchTrainer(

@@ -69,7 +69,8 @@ def check(cfg: ShiftExplainerConfig, bundle) -> None:
 def _run_facts(cfg, bundle, split: str) -> dict:
     return {"mlflow_run_id": None, "steps_per_epoch": max(1, bundle.sizes[split] // cfg.train.batch_size),
             "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes, "sizes": bundle.sizes,
-            "stop_file": None, "cache_in_memory": cfg.data.cache_in_memory, "prepared": None}
+            "stop_file": None, "cache_in_memory": cfg.data.cache_in_memory, "prepared": None,
+            "driver_niceness": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None}
 
 
 def build_classifier(cfg: ShiftExplainerConfig, input_shape, num_classes: int) -> torch.nn.Module:
