@@ -20,6 +20,9 @@ err_console = Console(stderr=True)
 
 
 def _fail(msg: str, code: int = 2) -> None:
+    from pipelines.tracking import redact
+
+    msg = redact(msg)
     err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -41,6 +44,8 @@ def _reported_errors():
         yield
     except _user_errors() as e:
         _fail(str(e))
+    except typer.Exit:
+        raise
     except Exception as e:  # noqa: BLE001
         _fail(f"training failed ({type(e).__name__}); the MLflow run is marked FAILED:\n{e}", code=1)
 
@@ -144,16 +149,28 @@ def sweep_cmd(
     cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs per worker (> 0)"),
     best_config: Optional[str] = typer.Option(None, "--best-config",
                                               help="write the best trial's full config here (YAML for run --config)"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="finish an interrupted sweep: its directory (or name "
+                                                                "under the storage root); its saved settings apply"),
 ) -> None:
-    """Sweep a method's hyperparameters with Ray Tune; one MLflow parent run, one child run per trial."""
+    """Sweep a method's hyperparameters with Ray Tune; one MLflow parent run, one child run per trial.
+
+    Ctrl-C stops the sweep cleanly (Tune saves its state) and prints the `--resume` command that runs
+    only the trials that had not ended."""
     from pipelines.run import load_config
     from pipelines.tracking import ui_hint, tracking_uri
-    from tuning.sweep import sweep
+    from tuning.sweep import SweepInterrupted, resume as resume_sweep, sweep
 
-    with _reported_errors():
-        cfg = load_config(method, config, set_, quick, _overrides(num_workers, gpu, seed, cpus_per_worker))
-        res = sweep(method, cfg, num_samples=num_samples, scheduler=scheduler, search=search,
-                    max_concurrent=max_concurrent, space_file=space, grace_period=grace_period)
+    try:
+        with _reported_errors():
+            if resume:
+                res = resume_sweep(method, resume)
+            else:
+                cfg = load_config(method, config, set_, quick, _overrides(num_workers, gpu, seed, cpus_per_worker))
+                res = sweep(method, cfg, num_samples=num_samples, scheduler=scheduler, search=search,
+                            max_concurrent=max_concurrent, space_file=space, grace_period=grace_period)
+    except SweepInterrupted as e:
+        err_console.print(str(e), highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     t = Table(title=f"trainlab sweep {method} — {res.num_trials} trials ({res.num_terminated_early} stopped early)")
     t.add_column("trial")
     t.add_column(res.metric)
@@ -250,6 +267,71 @@ def explain_cmd(
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     console.print(t)
     console.print(f"explanation grid written to {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit_cmd(
+    ctx: typer.Context,
+    address: Optional[str] = typer.Option(None, "--address", help="Ray dashboard URL, e.g. http://127.0.0.1:8265 "
+                                                                  "(default: RAY_API_SERVER_ADDRESS)"),
+    working_dir: str = typer.Option(".", "--working-dir", help="directory uploaded with the job (config/data files)"),
+    env: Optional[list[str]] = typer.Option(None, "--env", help="KEY=VALUE for the job (no credentials; repeatable)"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="stream the job's logs until it ends"),
+) -> None:
+    """Submit `trainlab run|sweep ...` to a Ray cluster as a job: `trainlab submit --address URL run decorrelation --quick`.
+
+    The command is validated here first; the working directory is uploaded; MLFLOW_TRACKING_URI and
+    TRAINLAB_STORAGE travel with the job, credentials never do. Prints the job id and the final status
+    (exit 0 only when the job SUCCEEDED)."""
+    from pipelines import submit as sub
+
+    args = list(ctx.args)
+    with _reported_errors():
+        addr = sub.check_address(address)
+        _validate_submitted(args, working_dir)
+        job_env = sub.job_env(env)
+    try:
+        with _reported_errors():
+            res = sub.submit(addr, args, working_dir, job_env, wait=wait,
+                             echo=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+    except KeyboardInterrupt:
+        console.print("stopped following the job; it keeps running (`ray job logs -f ID`, `ray job stop ID` with "
+                      f"RAY_API_SERVER_ADDRESS={addr})", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
+    console.print(f"job {res.job_id}: {res.status}", highlight=False)
+    if wait and res.status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+def _validate_submitted(args: list[str], working_dir: str) -> None:
+    """Parse the submitted `run|sweep` command exactly as the cluster will, and build its config, so a bad
+    request fails here (paths relative to ``working_dir``, as on the cluster)."""
+    from pipelines.run import load_config
+
+    if not args or args[0] not in ("run", "sweep"):
+        raise ValueError(f"submit: the command to submit must be `run ...` or `sweep ...`, got {' '.join(args) or 'nothing'}"
+                         "; e.g. trainlab submit --address http://127.0.0.1:8265 run decorrelation --quick")
+    wd = Path(working_dir)
+    if not wd.is_dir():
+        raise ValueError(f"--working-dir: {working_dir} is not a directory")
+    if "--help" in args:
+        raise ValueError(f"submit: `--help` is for this machine: trainlab {args[0]} --help")
+    cmd = typer.main.get_command(app).commands[args[0]]
+    try:
+        p = cmd.make_context(args[0], list(args[1:])).params
+    except typer.exceptions.TyperException as e:  # typer's (vendored) click usage errors
+        raise ValueError(f"submit: `{' '.join(args)}`: {e.format_message()}") from None
+    cwd = os.getcwd()
+    os.chdir(wd)
+    try:
+        load_config(p["method"], p["config"], p["set_"], p["quick"],
+                    _overrides(p["num_workers"], p["gpu"], p["seed"], p["cpus_per_worker"]))
+        if args[0] == "sweep" and p.get("space"):
+            from tuning.spaces import load_space
+
+            load_space(p["space"])
+    finally:
+        os.chdir(cwd)
 
 
 @app.command("sync-mlflow")

@@ -9,6 +9,7 @@ run id; the driver closes it with the final status.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import urllib.error
@@ -23,6 +24,23 @@ from trainers.common.config import flatten
 
 class TrackingError(RuntimeError):
     """The MLflow tracking store cannot be reached or written; raised before any worker starts."""
+
+
+# Credentials trainlab reads only from the environment; their values never reach a log line or a param.
+SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+              "RAY_AUTH_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "DATABRICKS_TOKEN",
+              "AZURE_STORAGE_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS")
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s:]+(:[^/@\s]*)?@")
+
+
+def redact(text: str) -> str:
+    """``text`` with secret environment values and URL credentials (``user:pass@``) replaced by ***."""
+    text = _USERINFO.sub(r"\g<scheme>***@", text)
+    for k in SECRET_ENV:
+        v = os.environ.get(k)
+        if v and len(v) >= 4:
+            text = text.replace(v, "***")
+    return text
 
 
 def tracking_uri() -> str:
@@ -42,6 +60,12 @@ def artifact_root() -> str | None:
 
 def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
     """Fail within seconds when the tracking server is unreachable (before any worker starts)."""
+    from urllib.parse import urlsplit
+
+    if urlsplit(uri).password:
+        raise TrackingError(f"MLFLOW_TRACKING_URI={redact(uri)}: credentials in the URI end up in logs and tags; "
+                            "put them in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+                            "MLFLOW_TRACKING_TOKEN) and give the URI without them")
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:

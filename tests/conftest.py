@@ -2,24 +2,118 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
 # Tests must never reach the network, and Ray must not print usage stats prompts.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# The session's head runs with Ray's token authentication (the token in ~/.ray/auth_token, made if
+# missing), as a shared cluster should: every driver, job submission and state-API call must carry it.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 # Logical CPUs of the test cluster: more than the 2 real cores, so that 2-worker runs and
 # 2-trial sweeps (each with spare CPUs for Ray Data) can be scheduled on a laptop-class machine.
 TEST_CLUSTER_CPUS = 8
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on loopback: sqlite backend, proxied artifact directory."""
+
+    def __init__(self, root: Path):
+        self.root, self.port, self.proc = root, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "MlflowServer":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = None
+
+
+class RayHead:
+    """A real Ray head node, as a user starts one (``ray start --head``), bound to loopback only:
+    GCS, dashboard (job submission, state API) and client server on free 127.0.0.1 ports."""
+
+    def __init__(self, num_cpus: int):
+        self.num_cpus = num_cpus
+        self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
+        self.address = f"127.0.0.1:{self.gcs_port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        self.ray = os.path.join(os.path.dirname(sys.executable), "ray")
+
+    def start(self) -> "RayHead":
+        cmd = [self.ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
+               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+               "--ray-client-server-port", str(self.client_port), "--num-cpus", str(self.num_cpus),
+               "--include-dashboard", "true", "--disable-usage-stats"]
+        # the head's job drivers and workers run this interpreter's environment (PATH: its `python`)
+        env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        env.pop("RAY_ADDRESS", None)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+        if r.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"ray start --head failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+        from ray.job_submission import JobSubmissionClient
+
+        last = None
+        for _ in range(120):  # the dashboard's job API comes up a little after `ray start` returns
+            try:  # the client sends Ray's auth token (~/.ray/auth_token) when token auth is on
+                JobSubmissionClient(self.dashboard_url).list_jobs()
+                return self
+            except Exception as e:  # noqa: BLE001 - not up yet
+                last = e
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Ray dashboard did not come up at {self.dashboard_url}: {last}")
+
+    def stop(self) -> None:
+        subprocess.run([self.ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
+def ray_head():
+    head = RayHead(TEST_CLUSTER_CPUS).start()
+    yield head
+    head.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_head):
+    """The test process is one more driver on the session's head; subprocesses join it with
+    ``RAY_ADDRESS`` (``ray_session.get_runtime_context().gcs_address``)."""
     import ray
 
     from pipelines.cluster import init_ray
 
-    init_ray(num_cpus=TEST_CLUSTER_CPUS)
+    init_ray(address=ray_head.address)
     yield ray
     ray.shutdown()
 

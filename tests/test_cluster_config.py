@@ -58,3 +58,13 @@ def test_setup_installs_like_the_readme_and_sets_tracking_and_storage(cluster):
     assert "pip install torch==2.13.0" in readme and "pip install torch==2.13.0" in setup
     assert re.search(r"pip install -e \.", setup)
     assert "MLFLOW_TRACKING_URI=" in setup and "TRAINLAB_STORAGE=s3://" in setup
+
+
+def test_every_node_runs_ray_token_auth_and_no_credential_is_in_the_file(cluster):
+    for cmds in (cluster["head_start_ray_commands"], cluster["worker_start_ray_commands"]):
+        starts = [c for c in cmds if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token ray start" in c for c in starts), starts
+    assert cluster["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # the token is copied, not written here
+    text = (ROOT / "cluster.yaml").read_text()
+    assert not re.search(r"(PASSWORD|TOKEN|SECRET[A-Z_]*)=[^\s'\"]", text), "a credential value in cluster.yaml"
+    assert "secrets.env" in " ".join(cluster["setup_commands"])  # credentials come from a mounted env file

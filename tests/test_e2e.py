@@ -107,7 +107,7 @@ def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     (["sweep", "decorrelation", "--grace-period", "50"], "--grace-period: 50; allowed: 1..12"),
     (["sweep", "decorrelation", "--num-samples", "0"], "--num-samples: 0 out of range; allowed: 1..10000"),
     (["sweep", "decorrelation", "--search", "bayes"], "--search: 'bayes'; allowed: random, optuna"),
-    (["sweep", "decorrelation", "--space", "nospace.yaml"], "nospace.yaml"),
+    (["sweep", "decorrelation", "--space", "nospace.yaml"], "--space nospace.yaml: file not found"),
     (["run", "decorrelation", "--seed", "-1"], "seed"),
     (["run", "decorrelation", "--cpus-per-worker", "0"], "scaling.cpus_per_worker"),
     (["run", "decorrelation", "--cpus-per-worker", "64"], "CPU"),

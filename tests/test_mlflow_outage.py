@@ -2,48 +2,12 @@
 journal instead of failing, and ``trainlab sync-mlflow`` delivers them once the server is back."""
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MlflowServer:
-    def __init__(self, root: Path):
-        self.root, self.port, self.proc = root, _free_port(), None
-        self.uri = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "MlflowServer":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(self.uri + "/health", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("mlflow server did not start")
-
-    def stop(self) -> None:
-        if self.proc:
-            self.proc.terminate()
-            self.proc.wait(30)
-            self.proc = None
+from conftest import MlflowServer, free_port
 
 
 @pytest.fixture
@@ -90,7 +54,7 @@ def test_calls_made_while_the_server_is_down_are_parked_and_synced_later(server,
 def test_sync_keeps_what_it_cannot_deliver(tmp_path):
     from trainers.common.run_logger import RunLogger, replay
 
-    down = f"http://127.0.0.1:{_free_port()}"                   # nothing listens there
+    down = f"http://127.0.0.1:{free_port()}"                   # nothing listens there
     rl = RunLogger(down, "r1", tmp_path, retries=1)
     rl.set_tag("a", "1")
     rl.set_tag("b", "2")

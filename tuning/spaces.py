@@ -24,7 +24,7 @@ DISTRIBUTIONS = {
 
 
 def load_space(path: str) -> dict[str, Any]:
-    data = read_yaml(path)
+    data = read_yaml(path, flag="--space")
     return data.get("space", data)
 
 

@@ -7,8 +7,8 @@ config and metric are logged on the parent.
 """
 from __future__ import annotations
 
-import copy
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +55,24 @@ def _trial(trial_params: dict, *, method: str, base: dict, parent_run_id: str, s
     cfg = build_config(spec.config_cls, base, dotted_to_nested(trial_params))
     ctx = tune.get_context()
     run_name = f"{sweep_name}-{ctx.get_trial_id()}"
+    _supersede_earlier_attempts(parent_run_id, sweep_name, ctx.get_trial_id())
     train(method, cfg, run_name=run_name, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
           extra_tags={"sweep": sweep_name, "trial_id": ctx.get_trial_id()})
+
+
+def _supersede_earlier_attempts(parent_run_id: str, sweep_name: str, trial_id: str) -> None:
+    """A trial that starts again (``--resume`` after an interrupted driver, or a Tune retry) had an MLflow child
+    run already, possibly even FINISHED if the driver stopped before Tune recorded the trial's end. Tune's view
+    is what counts: the earlier run is closed as KILLED and tagged ``superseded_by_resume``, so each trial has
+    one live child run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri())
+    exp = client.get_run(parent_run_id).info.experiment_id
+    for run in client.search_runs([exp], filter_string=f"tags.sweep = '{sweep_name}' and tags.trial_id = '{trial_id}'"):
+        client.set_tag(run.info.run_id, "superseded_by_resume", "true")
+        if run.info.status != "KILLED":
+            tracking.end_run(run.info.run_id, "KILLED")
 
 
 def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, scheduler: str = "asha",
@@ -99,21 +115,111 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=base_cfg.seed)
-    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "TRAINLAB_STORAGE": storage_root()}
-    trainable = tune.with_parameters(_trial, method=method, base=base, parent_run_id=parent, sweep_name=sweep_name,
-                                     env=env)
+    meta = {"method": method, "sweep_name": sweep_name, "parent_run_id": parent, "experiment": experiment,
+            "base": base, "num_samples": num_samples, "max_concurrent": max_concurrent,
+            "env": {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "TRAINLAB_STORAGE": storage_root()}}
+    path = f"{storage_root().rstrip('/')}/{sweep_name}"
+    _write_meta(path, meta)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES),
+        _trainable(meta),
         param_space=space,
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=num_samples,
                                     scheduler=sched, search_alg=search_alg, max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(name=sweep_name, storage_path=storage_root(), verbose=1),
     )
+    return _fit(tuner, meta, path)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep's driver was interrupted (Ctrl-C / SIGINT); Tune saved its state and it can be resumed.
+    A KeyboardInterrupt, so no generic error handler reports it as a failure."""
+
+
+META_FILE = "trainlab_sweep.json"
+
+
+def _trainable(meta: dict):
+    from ray import tune
+
+    return tune.with_resources(
+        tune.with_parameters(_trial, method=meta["method"], base=meta["base"], parent_run_id=meta["parent_run_id"],
+                             sweep_name=meta["sweep_name"], env=meta["env"]),
+        TRIAL_DRIVER_RESOURCES)
+
+
+def _write_meta(path: str, meta: dict) -> None:
+    """What ``--resume`` needs beyond Tune's own state: the MLflow parent run and the validated base config."""
+    import json
+
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{META_FILE}") as f:
+        f.write(json.dumps(meta, indent=2).encode())
+
+
+def _read_meta(path: str) -> dict | None:
+    import json
+
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), path)
+    if fs.get_file_info(f"{root}/{META_FILE}").type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(f"{root}/{META_FILE}") as f:
+        return json.loads(f.read().decode())
+
+
+def resume(method: str, where: str) -> SweepResult:
+    """``trainlab sweep METHOD --resume DIR|NAME``: finish an interrupted sweep. Trials that ended (finished,
+    early-stopped or errored) are kept as they are; only unfinished and not-yet-started trials run, into the
+    same MLflow parent run. ``where`` is the sweep's directory, or its name under the storage root."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    path = where if ("/" in where or where.startswith(".")) else f"{storage_root().rstrip('/')}/{where}"
+    if "://" not in path:
+        from pathlib import Path
+
+        path = str(Path(path).resolve())
+    meta = _read_meta(path)
+    if meta is None:
+        raise ConfigError(f"--resume: {where} is not a trainlab sweep directory (no {META_FILE} in {path}); "
+                          "give the directory `trainlab sweep` printed when it was interrupted")
+    if meta["method"] != method:
+        raise ConfigError(f"--resume: {where} is a sweep of {meta['method']!r}, not {method!r}; "
+                          f"run `trainlab sweep {meta['method']} --resume {where}`")
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(f"--resume: {path} has no Ray Tune experiment state to resume")
+    spec = get_method(method)
+    base_cfg = build_config(spec.config_cls, meta["base"])
+    preflight(spec, base_cfg, concurrent=meta["max_concurrent"])
+    os.environ.update({k: v for k, v in meta["env"].items() if k == "MLFLOW_TRACKING_URI"})
+    client = MlflowClient(tracking.tracking_uri())
+    parent = meta["parent_run_id"]
+    client.update_run(parent, status="RUNNING")
+    client.set_tag(parent, "resumed", str(int(client.get_run(parent).data.tags.get("resumed", "0")) + 1))
+    tuner = tune.Tuner.restore(path, trainable=_trainable(meta), resume_unfinished=True, resume_errored=False,
+                               restart_errored=False)
+    return _fit(tuner, meta, path)
+
+
+def _fit(tuner, meta: dict, path: str) -> SweepResult:
+    spec = get_method(meta["method"])
+    parent, sweep_name, epochs = meta["parent_run_id"], meta["sweep_name"], meta["base"]["train"]["epochs"]
     try:
         grid = tuner.fit()
     except BaseException as e:  # noqa: BLE001
         tracking.end_run(parent, "FAILED", {"error": f"{type(e).__name__}: {str(e)[:500]}"})
         raise
+    unfinished = len(grid) - grid.num_terminated - grid.num_errors
+    if unfinished > 0 or len(grid) < meta["num_samples"]:
+        hint = f"trainlab sweep {meta['method']} --resume {path}"
+        tracking.end_run(parent, "KILLED", {"resume_with": hint})
+        raise SweepInterrupted(
+            f"sweep {sweep_name} interrupted: {grid.num_terminated + grid.num_errors} of {meta['num_samples']} "
+            f"trials ended, the rest did not; Tune saved its state. Finish it with: {hint}")
     trials = []
     for r in grid:
         val = (r.metrics or {}).get(spec.metric)
@@ -128,11 +234,11 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
         errs = "; ".join(t["error"] for t in trials if t["error"])[:1000]
         raise RuntimeError(f"sweep {sweep_name}: no trial finished ({errs})")
     best = (max if spec.mode == "max" else min)(ok, key=lambda t: t[spec.metric])
-    best_cfg = build_config(spec.config_cls, base, dotted_to_nested(best["params"])).model_dump(mode="json")
+    best_cfg = build_config(spec.config_cls, meta["base"], dotted_to_nested(best["params"])).model_dump(mode="json")
     early = sum(1 for t in ok if (t["epochs"] or 0) < epochs)
     _log_parent(parent, spec, best, best_cfg, trials, early)
-    return SweepResult(method, parent, experiment, best_cfg, best[spec.metric], spec.metric, spec.mode,
-                       len(trials), early, trials)
+    return SweepResult(meta["method"], parent, meta["experiment"], best_cfg, best[spec.metric], spec.metric,
+                       spec.mode, len(trials), early, trials)
 
 
 def _close_children(parent: str, sweep_name: str, trials: list[dict], epochs: int) -> None:
@@ -146,7 +252,7 @@ def _close_children(parent: str, sweep_name: str, trials: list[dict], epochs: in
     by_trial = {t["trial_id"]: t for t in trials if t.get("trial_id")}
     children = client.search_runs([exp], filter_string=f"tags.sweep = '{sweep_name}'")
     for run in children:
-        if run.info.run_id == parent or run.info.status == "FINISHED":
+        if run.info.run_id == parent or run.info.status == "FINISHED" or run.data.tags.get("superseded_by_resume"):
             continue  # (a stopped trial's driver may also have marked its run KILLED/FAILED on the way out)
         t = by_trial.get(run.data.tags.get("trial_id"), {})
         if t.get("error"):

@@ -135,18 +135,18 @@ def parse_set_args(items: list[str] | None) -> dict:
     return dotted_to_nested(flat)
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, flag: str = "--config") -> dict:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--config {p}: file not found")
+        raise ConfigError(f"{flag} {p}: file not found")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"--config {p}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+        raise ConfigError(f"{flag} {p}: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {p}: the top level must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{flag} {p}: the top level must be a mapping of sections, got {type(data).__name__}")
     return data
 
 

@@ -215,6 +215,8 @@ class Worker:
             state = torch.load(Path(d) / "state.pt", map_location=self.device, weights_only=False)
         if self.is_chief:
             log.warning("restored from checkpoint %s at epoch %d", ckpt.path, state["epoch"])
+            self.say(f"[{self.run.get('run_name', 'trainlab')}] restored from checkpoint {ckpt.path}: "
+                     f"continuing after step {state['epoch']} (epoch; task for continual)")
             # one point per restart in MLflow: where the run picked up after a worker failure
             self.log_metrics({"restored_from_epoch": float(state["epoch"])}, step=int(state["epoch"]))
         return state
