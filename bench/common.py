@@ -40,6 +40,19 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
     return float(a.mean()), float(half)
 
 
+def isolated_store(prefix: str) -> str:
+    """A fresh temp dir for one benchmark run: its own MLflow sqlite store and Ray Train storage, made the
+    working directory, so a benchmark never writes into the user's ./mlflow.db or ./trainlab_runs."""
+    import tempfile
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    store = tempfile.mkdtemp(prefix=prefix)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
+    os.environ["TRAINLAB_STORAGE"] = f"{store}/runs"
+    os.chdir(store)
+    return store
+
+
 def write(name: str, payload: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))

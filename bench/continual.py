@@ -18,14 +18,12 @@ MLflow into a throw-away store), default config unless stated. Arms: ``method`` 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, mean_ci, write  # noqa: E402
+from common import isolated_store, machine_info, mean_ci, write  # noqa: E402
 
 STREAMS = {"split": ["data.source=split", "data.num_tasks=5"],
            "permuted": ["data.source=permuted", "data.num_tasks=5"],
@@ -40,11 +38,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="smoke check only (quick config, 1 seed, split stream)")
     args = ap.parse_args()
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    store = tempfile.mkdtemp(prefix="trainlab-bench-cl-")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-    os.environ["TRAINLAB_STORAGE"] = f"{store}/runs"
-    os.chdir(store)
+    isolated_store("trainlab-bench-cl-")
     from pipelines.run import load_config, train
     from trainers.continual import load_checkpoint
 

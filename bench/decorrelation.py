@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, mean_ci, write  # noqa: E402
+from common import isolated_store, machine_info, mean_ci, write  # noqa: E402
 
 ARMS = {
     "supervised": ["method.variant=supervised"],
@@ -45,10 +44,7 @@ def main() -> None:
     for spec in args.arm:  # resolve paths before changing directory
         name, _, path = spec.partition("=")
         extra[name] = (str(Path(path).resolve()), [])
-    store = tempfile.mkdtemp(prefix="trainlab-bench-")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-    os.environ["TRAINLAB_STORAGE"] = f"{store}/runs"
-    os.chdir(store)
+    isolated_store("trainlab-bench-")
 
     from pipelines.run import load_config, train
 

@@ -19,14 +19,12 @@ throw-away store), default config unless stated. Three parts:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, mean_ci, write  # noqa: E402
+from common import isolated_store, machine_info, mean_ci, write  # noqa: E402
 
 A0 = (0.1, 0.3, 0.5, 0.7, 0.9)
 BASELINE_TAU = 0.1  # group norms of the trained fc rows are O(1); below 0.1 is "driven to zero"
@@ -47,11 +45,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="seeds for part 2 (part 1 uses min(seeds, 2))")
     ap.add_argument("--matched-fraction", type=float, default=0.5)
     args = ap.parse_args()
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    store = tempfile.mkdtemp(prefix="trainlab-bench-ms-")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-    os.environ["TRAINLAB_STORAGE"] = f"{store}/runs"
-    os.chdir(store)
+    isolated_store("trainlab-bench-ms-")
     from pipelines.run import load_config, train
     from tuning.budget import calibrate
 

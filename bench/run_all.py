@@ -30,7 +30,6 @@ Writes ``bench/results/performance.{json,md}`` (``--name`` to change the stem).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -45,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, write  # noqa: E402
+from common import isolated_store, machine_info, write  # noqa: E402
 
 METHODS = ("decorrelation", "mixture_sparsity", "ssd2gan", "continual", "shift_explainer")
 SECTIONS = ("ray", "method", "data", "sweep", "scaling", "gpu", "profile")
@@ -1007,11 +1006,7 @@ def main() -> None:
     if bad:
         ap.error(f"--only: unknown sections {sorted(bad)}; allowed: {','.join(SECTIONS)}")
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    store = tempfile.mkdtemp(prefix="trainlab-perf-")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-    os.environ["TRAINLAB_STORAGE"] = f"{store}/runs"
-    os.chdir(store)
+    store = isolated_store("trainlab-perf-")
     import torch
 
     from pipelines.cluster import init_ray

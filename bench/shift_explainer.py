@@ -23,16 +23,14 @@ class) through ``trainlab explain``'s code path on the final checkpoint:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, mean_ci, write  # noqa: E402
+from common import isolated_store, machine_info, mean_ci, write  # noqa: E402
 
 ARMS = {"ae": ["method.model_type=ae"], "ae_hsic": ["method.model_type=ae", "method.z_independence=0.02"],
         "vae": ["method.model_type=vae"], "bigan": ["method.model_type=bigan"]}
@@ -50,11 +48,7 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="extra config override (repeatable)")
     ap.add_argument("--name", default="shift_explainer")
     args = ap.parse_args()
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    store = tempfile.mkdtemp(prefix="trainlab-bench-se-")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-    os.environ["TRAINLAB_STORAGE"] = f"{store}/runs"
-    os.chdir(store)
+    store = isolated_store("trainlab-bench-se-")
     from pipelines.cluster import init_ray
     from pipelines.run import load_config, train
     from trainers.shift_explainer.loop import explain_from_checkpoint

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, mean_ci, write  # noqa: E402
+from common import isolated_store, machine_info, mean_ci, write  # noqa: E402
 
 VARIANTS = ("sngan", "durall", "freqmse", "V0", "V1", "V2", "V3")
 
@@ -39,11 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.steps % args.eval_every:
         ap.error("--steps must be a multiple of --eval-every")
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    store = tempfile.mkdtemp(prefix="trainlab-bench-gan-")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}/mlflow.db"
-    os.environ["TRAINLAB_STORAGE"] = f"{store}/runs"
-    os.chdir(store)
+    isolated_store("trainlab-bench-gan-")
     from mlflow.tracking import MlflowClient
 
     from pipelines.cluster import init_ray
