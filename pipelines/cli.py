@@ -6,7 +6,6 @@ from pathlib import Path
 import contextlib
 import logging
 import os
-import sys
 from typing import Optional
 
 import typer

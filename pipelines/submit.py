@@ -50,7 +50,7 @@ def check_address(address: str | None) -> str:
                           "(`ray dashboard cluster.yaml` tunnels a cluster's dashboard there), or set "
                           "RAY_API_SERVER_ADDRESS")
     u = urlsplit(address)
-    if u.scheme not in ("http", "https") or not u.hostname or u.port is None and not u.netloc:
+    if u.scheme not in ("http", "https") or not u.hostname:
         raise SubmitError(f"--address: {address!r} is not a dashboard URL; allowed: http(s)://HOST:PORT, "
                           "e.g. http://127.0.0.1:8265 (ray:// client addresses are not used for jobs)")
     if u.password or u.username:

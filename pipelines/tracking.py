@@ -102,7 +102,7 @@ def start_run(experiment: str, run_name: str, config: dict, tags: dict[str, str]
               parent_run_id: str | None = None) -> str:
     """Create the MLflow run for one training job; log params, tags and ``config.yaml``."""
     import mlflow
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()

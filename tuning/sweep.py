@@ -10,12 +10,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from pipelines import tracking
 from pipelines.run import preflight, storage_root, train, unique_run_name
 from trainers import get_method
-from trainers.common.config import BaseRunConfig, ConfigError, build_config, dotted_to_nested, flatten
+from trainers.common.config import BaseRunConfig, ConfigError, build_config, dotted_to_nested
 from tuning.spaces import load_space, to_tune
 
 # The per-trial driver only launches a TorchTrainer and waits: it takes no CPU (the trial's workers
