@@ -200,18 +200,18 @@ def build_step(method: str, cfg, src, info: dict, device, prepare, autocast, wor
         return step, bsz * (2 if u is not None else 1)
 
     if method == "mixture_sparsity":
-        from trainers.mixture_sparsity.loop import build_model, train_step
+        from trainers.mixture_sparsity.loop import build_model, method_regularizer, train_step
 
         model = prepare(build_model(cfg.model, shape, ncls).to(device))
         base = getattr(model, "module", model)
         opt = make_optimizer(cfg.train, model.parameters())
-        spec, family = m.group_spec(), m.family_arg()
+        spec, reg = m.group_spec(), method_regularizer(m)
         it = src.batches(key("source_train"), bsz)
 
         def step():
             b = next(it)
             if kind == "method":
-                train_step(model, base, opt, m, spec, family, b["x"], b["y"], m.lam, autocast)
+                train_step(model, base, opt, reg, spec, b["x"], b["y"], m.lam, autocast)
             else:
                 plain_ce(model, opt, b["x"], b["y"])
         return step, bsz

@@ -18,6 +18,7 @@ from trainers.mixture_sparsity import (SigmoidMLP, SmallPrunableCNN, all_group_n
                                        layer_groups, masked_model, mixture_log_likelihood, mixture_penalty,
                                        mixture_threshold, prune_model, pruned_mask, regularizer, responsibilities,
                                        threshold_masks)
+from trainers.mixture_sparsity.losses import Regularizer
 
 D64 = torch.float64
 
@@ -346,6 +347,32 @@ def test_regularizer_kinds():
                                                                         rel=1e-12)
     none = regularizer("none", groups)
     assert none.item() == 0.0 and none.dim() == 0
+
+
+def test_a_regularizer_built_once_is_the_one_off_regularizer_in_every_dtype_and_under_autocast():
+    """The training loop validates the hyperparameters once (Regularizer) and calls it every step; that must be
+    the same R as the one-off call, for float32 and float64 weights alike, and autocast must not reach it."""
+    hyp = dict(weights=[0.5, 0.3, 0.2], means=[0.0, 1.0, 3.0], stds=[0.2, 0.5, 1.0],
+               family=["gaussian", "laplace", "gaussian"])
+    reg = Regularizer("mixture", **hyp)
+    rng = np.random.default_rng(4)
+    for dtype in (torch.float64, torch.float32, torch.float64):
+        for _ in range(2):
+            a = torch.as_tensor(rng.normal(size=(7, 5)), dtype=dtype)
+            b = torch.as_tensor(rng.normal(size=(4, 7, 3, 3)), dtype=dtype)
+            groups = [(a, "rows"), (b, "cols")]
+            got = reg(groups)
+            assert got.dtype == dtype
+            assert torch.equal(got, regularizer("mixture", groups, **hyp))
+            x = np.concatenate([np.sqrt((a.double().numpy() ** 2).sum(1) + 1e-16),
+                                np.sqrt((b.double().numpy() ** 2).sum((0, 2, 3)) + 1e-16)])
+            tol = 1e-10 if dtype == torch.float64 else 1e-5
+            assert got.item() == pytest.approx(scipy_penalty(x, hyp["weights"], hyp["means"], hyp["stds"],
+                                                             hyp["family"]), rel=tol)
+    w = torch.randn(6, 4)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        under = reg([(w, "rows")])
+    assert under.dtype == torch.float32 and torch.equal(under, reg([(w, "rows")]))
 
 
 # --------------------------------------------------------------------------- spec test 7: λ = 0 is prior art 1

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from trainers.common.worker import Worker, all_reduce_sum, make_optimizer
 from trainers.mixture_sparsity.config import MixtureSparsityConfig
-from trainers.mixture_sparsity.losses import group_norms, mixture_threshold, regularizer
+from trainers.mixture_sparsity.losses import Regularizer, group_norms, mixture_threshold
 from trainers.mixture_sparsity.models import SigmoidMLP, SmallPrunableCNN
 from trainers.mixture_sparsity.pruning import (count_flops, count_params, layer_groups, masked_model,
                                                prune_model, threshold_masks)
@@ -128,19 +128,25 @@ def check(cfg: MixtureSparsityConfig, bundle) -> None:
                          "method.budget_search=threshold")
 
 
-def train_step(model, base, opt, m, spec, family, x: torch.Tensor, y: torch.Tensor, lam: float,
+def method_regularizer(m) -> Regularizer:
+    """The run's R(w), validated once (``m``: the method config)."""
+    return Regularizer(m.regularizer, m.weights, m.means, m.stds, m.family_arg())
+
+
+def train_step(model, base, opt, reg: Regularizer, spec, x: torch.Tensor, y: torch.Tensor, lam: float,
                autocast=contextlib.nullcontext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One step of L = E + lam·R (``base``: the bare module whose groups R reads); returns detached
-    (L, E, R). The loop and the benchmark's plain-PyTorch path both call this."""
+    """One step of L = E + lam·R (``base``: the bare module whose groups R reads; ``reg``:
+    :func:`method_regularizer`); returns detached (L, E, R). The loop and the benchmark's plain-PyTorch path
+    both call this."""
     with autocast():
         logits = model(x)
     task = F.cross_entropy(logits.float(), y)
-    reg = regularizer(m.regularizer, layer_groups(base, spec), m.weights, m.means, m.stds, family)
-    loss = task + lam * reg
+    r = reg(layer_groups(base, spec))
+    loss = task + lam * r
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return loss.detach(), task.detach(), reg.detach()
+    return loss.detach(), task.detach(), r.detach()
 
 
 @torch.no_grad()
@@ -184,7 +190,7 @@ def train_loop_per_worker(config: dict) -> None:
     opt = make_optimizer(cfg.train, model.parameters())
     train = w.loader("source_train")
     evals = {"val": w.loader("source_val", 1024), "test": w.loader("target_test", 1024)}
-    family = m.family_arg()
+    reg = method_regularizer(m)
     tau_cfg = None if m.budget is not None else mixture_tau(m)  # a budget decides τ; else threshold/boundary
 
     history: list[dict] = []
@@ -201,7 +207,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         sums = torch.zeros(3, dtype=torch.float64, device=w.device)  # on device: no host sync per step
         for b in train.epoch(epoch, w.steps_per_epoch):
-            loss, task, reg = train_step(model, base, opt, m, spec, family, b["x"], b["y"],
+            loss, task, reg = train_step(model, base, opt, reg, spec, b["x"], b["y"],
                                          m.lam if epoch > m.warmup_epochs else 0.0, w.autocast)
             sums += torch.stack([loss.double(), task.double(), reg.double()])
         means = all_reduce_sum(sums).cpu() / (w.steps_per_epoch * w.world_size)

@@ -46,6 +46,7 @@ Choices made where the patent is ambiguous or silent ([RECONSTRUCTED]/[IMPL CHOI
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 
@@ -70,29 +71,52 @@ def _upcast(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+def _autocast_off(device: torch.device):
+    """A region in full precision; entering torch.autocast costs more than the small ops it would guard, so it
+    is entered only when autocast is on."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _logsumexp(t: Tensor) -> Tensor:
+    """log Σ exp over the last dim, shifted by the (detached) max as torch.logsumexp does, in fewer ops: its
+    guards against infinite maxima are not needed here (some α_j > 0 and every log density is finite), and
+    on small tensors its extra ops cost more than the math."""
+    mx = t.detach().amax(dim=-1, keepdim=True)
+    return (t - mx).exp().sum(dim=-1).log() + mx.squeeze(-1)
+
+
+def _group_squares(weight: Tensor, dim: str) -> Tensor:
+    """Σ v² of every row or column group (at least float32, outside autocast)."""
+    if dim not in GROUP_DIMS:
+        raise ValueError(f"group_norms: unknown dim={dim!r}; allowed values: {', '.join(GROUP_DIMS)}")
+    if weight.dim() < 2:
+        raise ValueError(f"group_norms: weight must have ndim >= 2 ((out, in) or (out, in, kh, kw)), "
+                         f"got shape {tuple(weight.shape)}")
+    with _autocast_off(weight.device):
+        w = _upcast(weight)
+        keep = 0 if dim == "rows" else 1
+        return (w * w).sum(dim=tuple(i for i in range(w.dim()) if i != keep))
+
+
+def _norms_from_squares(sq: Tensor, eps: float) -> Tensor:
+    if not eps >= 0:
+        raise ValueError(f"group_norms: eps must be >= 0, got {eps}")
+    if eps > 0:
+        return torch.sqrt(sq + eps * eps)
+    positive = sq > 0
+    safe = torch.where(positive, sq, torch.ones_like(sq))
+    return torch.where(positive, torch.sqrt(safe), torch.zeros_like(sq))
+
+
 def group_norms(weight: Tensor, dim: str = "rows", eps: float = 1e-8) -> Tensor:
     """L2 norm of every row or column group of a Linear (out, in) or Conv (out, in, kh, kw) weight.
 
     ``dim="rows"``: one norm per output unit / output channel (shape (out,)); ``dim="cols"``: one norm per
     input unit / input channel (shape (in,)). ``eps > 0``: sqrt(Σ v² + eps²) (smooth, zero gradient at an
     all-zero group); ``eps = 0``: the exact norm with subgradient 0 at v = 0."""
-    if dim not in GROUP_DIMS:
-        raise ValueError(f"group_norms: unknown dim={dim!r}; allowed values: {', '.join(GROUP_DIMS)}")
-    if weight.dim() < 2:
-        raise ValueError(f"group_norms: weight must have ndim >= 2 ((out, in) or (out, in, kh, kw)), "
-                         f"got shape {tuple(weight.shape)}")
-    if not eps >= 0:
-        raise ValueError(f"group_norms: eps must be >= 0, got {eps}")
-    with torch.autocast(device_type=weight.device.type, enabled=False):
-        w = _upcast(weight)
-        if dim == "cols":
-            w = w.transpose(0, 1)
-        sq = w.pow(2).flatten(1).sum(dim=1)
-        if eps > 0:
-            return torch.sqrt(sq + eps * eps)
-        positive = sq > 0
-        safe = torch.where(positive, sq, torch.ones_like(sq))
-        return torch.where(positive, torch.sqrt(safe), torch.zeros_like(sq))
+    return _norms_from_squares(_group_squares(weight, dim), eps)
 
 
 def all_group_norms(groups: Groups, eps: float = 1e-8) -> Tensor:
@@ -100,9 +124,10 @@ def all_group_norms(groups: Groups, eps: float = 1e-8) -> Tensor:
     groups = list(groups)
     if not groups:
         raise ValueError("all_group_norms: groups is empty; pass at least one (weight, 'rows'|'cols') pair")
-    norms = [group_norms(w, d, eps) for w, d in groups]
-    dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
-    return torch.cat([n.to(dtype) for n in norms])
+    sq = [_group_squares(w, d) for w, d in groups]
+    if len(sq) > 1 and len({t.dtype for t in sq}) > 1:
+        sq = [t.to(torch.float64) for t in sq]
+    return _norms_from_squares(torch.cat(sq) if len(sq) > 1 else sq[0], eps)
 
 
 # --------------------------------------------------------------------------- mixture penalty
@@ -153,41 +178,76 @@ def _scale(s: float, fam: str, sigma_is: str) -> float:
     return math.sqrt(s) if fam == "gaussian" else math.sqrt(s / 2.0)
 
 
-def _component_log_terms(norms: Tensor, a: list[float], mu: list[float], s: list[float], fams: list[str],
-                         sigma_is: str) -> Tensor:
-    """(G, m) matrix of log α_j + log p_j(w_g)."""
-    cols = []
-    for aj, mj, sj, fam in zip(a, mu, s, fams):
-        scale = _scale(sj, fam, sigma_is)
-        if fam == "gaussian":
-            z = (norms - mj) / scale
-            logp = -0.5 * z * z - (math.log(scale) + _HALF_LOG_2PI)
-        else:
-            logp = -(norms - mj).abs() / scale - math.log(2.0 * scale)
-        log_a = math.log(aj) if aj > 0 else -math.inf
-        cols.append(logp + log_a)
-    return torch.stack(cols, dim=-1)
+class Mixture:
+    """A validated mixture prior (weights α_j, means μ_j, scales, one family per component).
+
+    Built once per training run, so a step pays no validation and no python-to-tensor conversion: the
+    constant vectors are made once per (dtype, device) and reused."""
+
+    def __init__(self, weights, means, stds, family: str | Sequence[str] = "gaussian", sigma_is: str = "scale"):
+        self._set(*_check_mixture(weights, means, stds, family, sigma_is), sigma_is)
+
+    def _set(self, a: list[float], mu: list[float], s: list[float], fams: list[str], sigma_is: str) -> None:
+        self.a, self.mu, self.s, self.fams, self.sigma_is = a, mu, s, fams, sigma_is
+        self.scales = [_scale(sj, fam, sigma_is) for sj, fam in zip(s, fams)]
+        self._consts: dict = {}
+
+    def pair(self, d: int, k: int) -> "Mixture":
+        """Components d and k alone, weights as they are (not renormalised): for comparing α_d p_d with α_k p_k."""
+        out = object.__new__(Mixture)
+        out._set([self.a[d], self.a[k]], [self.mu[d], self.mu[k]], [self.s[d], self.s[k]],
+                 [self.fams[d], self.fams[k]], self.sigma_is)
+        return out
+
+    def _vectors(self, dtype, device) -> dict:
+        key = (dtype, device)
+        if key not in self._consts:
+            def t(v):
+                return torch.tensor(v, dtype=dtype, device=device)
+            log_a = [math.log(aj) if aj > 0 else -math.inf for aj in self.a]
+            self._consts[key] = {
+                "mu": t(self.mu), "inv_scale": t([1.0 / b for b in self.scales]),
+                "gauss_c": t([la - math.log(b) - _HALF_LOG_2PI for la, b in zip(log_a, self.scales)]),
+                "lap_c": t([la - math.log(2.0 * b) for la, b in zip(log_a, self.scales)]),
+                "is_gauss": torch.tensor([f == "gaussian" for f in self.fams], device=device)}
+        return self._consts[key]
+
+    def log_terms(self, norms: Tensor) -> Tensor:
+        """(G, m) matrix of log α_j + log p_j(w_g), all components in one broadcast, outside autocast.
+
+        gaussian: (log α − log σ − ½ log 2π) − ½ ((x − μ)/σ)²;  laplace: (log α − log 2b) − |x − μ|/b.
+        A mixture of families selects per column. Few, fused ops (addcmul): a step's penalty costs its op
+        count, not its arithmetic."""
+        x = _as_norms(norms)
+        v = self._vectors(x.dtype, x.device)
+        with _autocast_off(x.device):
+            d = x.unsqueeze(-1) - v["mu"]
+            out = None
+            if "gaussian" in self.fams:
+                z = d * v["inv_scale"]
+                out = torch.addcmul(v["gauss_c"], z, z, value=-0.5)
+            if "laplace" in self.fams:
+                lap = torch.addcmul(v["lap_c"], d.abs(), v["inv_scale"], value=-1.0)
+                out = lap if out is None else torch.where(v["is_gauss"], out, lap)
+            return out
+
+    def penalty(self, norms: Tensor) -> Tensor:
+        """R = − Σ_g log Σ_j α_j p_j(w_g) (logsumexp over the components)."""
+        return -_logsumexp(self.log_terms(norms)).sum()
 
 
 def _as_norms(norms: Tensor) -> Tensor:
-    norms = torch.as_tensor(norms)
+    if not isinstance(norms, Tensor):
+        norms = torch.as_tensor(norms)
     if not torch.is_floating_point(norms):
         norms = norms.to(torch.float32)
-    return _upcast(norms.flatten())
-
-
-def _log_terms(norms, weights, means, stds, family, sigma_is: str) -> Tensor:
-    """Validated (G, m) matrix of log α_j + log p_j(w_g), in float64 and outside autocast."""
-    a, mu, s, fams = _check_mixture(weights, means, stds, family, sigma_is)
-    x = _as_norms(norms)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        return _component_log_terms(x, a, mu, s, fams, sigma_is)
+    return _upcast(norms if norms.dim() == 1 else norms.flatten())
 
 
 def mixture_log_likelihood(norms: Tensor, weights, means, stds, family: str | Sequence[str] = "gaussian",
                            sigma_is: str = "scale") -> Tensor:
     """Per-group log Σ_j α_j p_j(w_g | μ_j, σ_j), shape (G,) (logsumexp over components)."""
-    return torch.logsumexp(_log_terms(norms, weights, means, stds, family, sigma_is), dim=-1)
+    return _logsumexp(Mixture(weights, means, stds, family, sigma_is).log_terms(norms))
 
 
 def mixture_penalty(norms: Tensor, weights, means, stds, family: str | Sequence[str] = "gaussian",
@@ -198,13 +258,13 @@ def mixture_penalty(norms: Tensor, weights, means, stds, family: str | Sequence[
     component (α_j ≥ 0, Σ α_j = 1; σ_j > 0). ``family``: "gaussian" or "laplace" for all components, or a
     list with one of them per component (e.g. ["gaussian", "laplace"] = the Gaussian + Laplace mixture).
     ``sigma_is``: "scale" (Gaussian std / Laplace b) or "variance". Differentiable w.r.t. ``norms``."""
-    return -mixture_log_likelihood(norms, weights, means, stds, family, sigma_is).sum()
+    return Mixture(weights, means, stds, family, sigma_is).penalty(norms)
 
 
 def responsibilities(norms: Tensor, weights, means, stds, family: str | Sequence[str] = "gaussian",
                      sigma_is: str = "scale") -> Tensor:
     """γ_j(w_g) = α_j p_j(w_g) / Σ_j' α_j' p_j'(w_g), shape (G, m): which component "owns" each group."""
-    return torch.softmax(_log_terms(norms, weights, means, stds, family, sigma_is), dim=-1)
+    return torch.softmax(Mixture(weights, means, stds, family, sigma_is).log_terms(norms), dim=-1)
 
 
 def gauss_laplace_penalty(norms: Tensor, gauss_weights, gauss_means, gauss_stds, laplace_weights,
@@ -237,7 +297,7 @@ def l2_penalty(weights: Sequence[Tensor]) -> Tensor:
         if id(w) in seen:
             continue
         seen.add(id(w))
-        with torch.autocast(device_type=w.device.type, enabled=False):
+        with _autocast_off(w.device):
             terms.append(_upcast(w).pow(2).sum())
     if not terms:
         raise ValueError("l2_penalty: weights is empty; pass at least one weight tensor")
@@ -250,36 +310,54 @@ def group_lasso_penalty(norms: Tensor) -> Tensor:
     return _as_norms(norms).sum()
 
 
-def regularizer(kind: str, groups: Groups, weights=None, means=None, stds=None,
-                family: str | Sequence[str] = "gaussian", sigma_is: str = "scale", eps: float = 1e-8) -> Tensor:
-    """R(w) of one training step; the loss is E(w) + λ·R(w).
+class Regularizer:
+    """R(w) of one kind, its hyperparameters validated once; ``reg(groups)`` is the R of one training step
+    (the loss is E(w) + λ·R(w)). A training loop builds one per run, so a step pays only for the math.
 
-    ``groups``: list of (weight tensor, "rows"|"cols"). ``kind``:
+    ``kind``:
       * "mixture": :func:`mixture_penalty` over the norms of all groups (needs weights, means, stds);
       * "group_lasso": Σ of all group norms;
       * "l2": Σ ||W||_F² over the distinct weight tensors (the dims are ignored);
       * "none": a zero scalar (prior art 1, L = E)."""
-    if kind not in REGULARIZER_KINDS:
-        raise ValueError(f"regularizer: unknown kind={kind!r}; allowed values: {', '.join(REGULARIZER_KINDS)}")
-    groups = list(groups)
-    for item in groups:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], Tensor)):
-            raise ValueError("regularizer: groups must be a list of (weight tensor, 'rows'|'cols') pairs")
-        if item[1] not in GROUP_DIMS:
-            raise ValueError(f"regularizer: unknown group dim {item[1]!r}; allowed values: {', '.join(GROUP_DIMS)}")
-    if kind == "none":
-        device = groups[0][0].device if groups else None
-        return torch.zeros((), dtype=torch.float32, device=device)
-    if not groups:
-        raise ValueError(f"regularizer: kind={kind!r} needs at least one (weight, 'rows'|'cols') group")
-    if kind == "l2":
-        return l2_penalty([w for w, _ in groups])
-    norms = all_group_norms(groups, eps)
-    if kind == "group_lasso":
-        return group_lasso_penalty(norms)
-    if weights is None or means is None or stds is None:
-        raise ValueError("regularizer: kind='mixture' needs weights, means and stds")
-    return mixture_penalty(norms, weights, means, stds, family, sigma_is)
+
+    def __init__(self, kind: str, weights=None, means=None, stds=None, family: str | Sequence[str] = "gaussian",
+                 sigma_is: str = "scale", eps: float = 1e-8):
+        if kind not in REGULARIZER_KINDS:
+            raise ValueError(f"regularizer: unknown kind={kind!r}; allowed values: {', '.join(REGULARIZER_KINDS)}")
+        if not eps >= 0:
+            raise ValueError(f"group_norms: eps must be >= 0, got {eps}")
+        self.kind, self.eps, self.mixture = kind, eps, None
+        if kind == "mixture":
+            if weights is None or means is None or stds is None:
+                raise ValueError("regularizer: kind='mixture' needs weights, means and stds")
+            self.mixture = Mixture(weights, means, stds, family, sigma_is)
+
+    def __call__(self, groups: Groups) -> Tensor:
+        """``groups``: list of (weight tensor, "rows"|"cols")."""
+        groups = list(groups)
+        for item in groups:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], Tensor)):
+                raise ValueError("regularizer: groups must be a list of (weight tensor, 'rows'|'cols') pairs")
+            if item[1] not in GROUP_DIMS:
+                raise ValueError(f"regularizer: unknown group dim {item[1]!r}; allowed values: "
+                                 f"{', '.join(GROUP_DIMS)}")
+        if self.kind == "none":
+            device = groups[0][0].device if groups else None
+            return torch.zeros((), dtype=torch.float32, device=device)
+        if not groups:
+            raise ValueError(f"regularizer: kind={self.kind!r} needs at least one (weight, 'rows'|'cols') group")
+        if self.kind == "l2":
+            return l2_penalty([w for w, _ in groups])
+        norms = all_group_norms(groups, self.eps)
+        if self.kind == "group_lasso":
+            return group_lasso_penalty(norms)
+        return self.mixture.penalty(norms)
+
+
+def regularizer(kind: str, groups: Groups, weights=None, means=None, stds=None,
+                family: str | Sequence[str] = "gaussian", sigma_is: str = "scale", eps: float = 1e-8) -> Tensor:
+    """One-off R(w): ``Regularizer(kind, weights, means, stds, family, sigma_is, eps)(groups)``."""
+    return Regularizer(kind, weights, means, stds, family, sigma_is, eps)(groups)
 
 
 # --------------------------------------------------------------------------- deletion threshold
@@ -294,8 +372,8 @@ def mixture_threshold(weights, means, stds, family: str | Sequence[str] = "gauss
     smallest mean strictly above μ_d (the first if tied). The root is searched in [μ_d, μ_k], extended to the
     right if the delete component still dominates at μ_k. ValueError if there is no keep component, if the
     delete component does not dominate at its own mean, or if it dominates everywhere to the right."""
-    a, mu, s, fams = _check_mixture(weights, means, stds, family, sigma_is)
-    m = len(a)
+    mix = Mixture(weights, means, stds, family, sigma_is)
+    a, mu, m = mix.a, mix.mu, len(mix.a)
     for name, idx in (("delete_component", delete_component), ("keep_component", keep_component)):
         if idx is not None and not 0 <= idx < m:
             raise ValueError(f"{name}: must be a component index in [0, {m - 1}], got {idx}")
@@ -314,9 +392,10 @@ def mixture_threshold(weights, means, stds, family: str | Sequence[str] = "gauss
     if a[d] == 0 or a[k] == 0:
         raise ValueError(f"weights: the delete and keep components need positive weights, got {a[d]} and {a[k]}")
 
+    pair = mix.pair(d, k)
+
     def diff(x: float) -> float:
-        t = _component_log_terms(torch.tensor([x], dtype=torch.float64), [a[d], a[k]], [mu[d], mu[k]],
-                                 [s[d], s[k]], [fams[d], fams[k]], sigma_is)[0]
+        t = pair.log_terms(torch.tensor([x], dtype=torch.float64))[0]
         return float(t[0] - t[1])
 
     lo, hi = mu[d], mu[k]
