@@ -22,7 +22,6 @@ Sections (issue 8):
 
     flock /tmp/trainlab-ray.lock python bench/run_all.py            # ~19 min on 2 shared cores
     flock /tmp/trainlab-ray.lock python bench/run_all.py --quick    # ~6 min smoke version
-    flock /tmp/trainlab-ray.lock python bench/run_all.py --sweep-trials 16   # the issue's 16-trial sweeps (+15 min)
     python bench/run_all.py --only ray,method --rounds 3             # some sections
 
 Writes ``bench/results/performance.{json,md}`` (``--name`` to change the stem).
@@ -808,11 +807,16 @@ def data_section(args, store: str, consumption: dict[str, float]) -> dict:
 # =============================================================================================
 
 def sweep_section(args) -> dict:
+    import ray
+
     from pipelines.run import load_config
     from tuning.sweep import sweep
 
-    sets = ["tracking.log_model=false", f"train.epochs={args.sweep_epochs}", "scaling.cpus_per_worker=0.5",
-            "scaling.data_cpus=0.5"]
+    # The trials' worker and Ray Data CPUs are logical: sweep_concurrent trials share the machine's CPUs
+    # (a trial's cost is mostly its start-up, processes and imports, so concurrent trials overlap its waits).
+    share = f"{float(ray.cluster_resources().get('CPU', 2)) / (2 * args.sweep_concurrent):g}"
+    sets = ["tracking.log_model=false", f"train.epochs={args.sweep_epochs}", f"scaling.cpus_per_worker={share}",
+            f"scaling.data_cpus={share}"]
     cfg = load_config("decorrelation", None, sets, quick=True)
     out = {"method": "decorrelation", "num_samples": args.sweep_trials, "max_concurrent": args.sweep_concurrent,
            "config": "--quick + " + " ".join(sets), "runs": {}}
@@ -972,8 +976,11 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=None, help="seconds per timed window (default 0.5, quick 0.3)")
     ap.add_argument("--warm", type=float, default=None, help="warm-up seconds per step function (default 1.0)")
     ap.add_argument("--sweep-trials", type=int, default=None,
-                    help="trials per sweep (default 8, quick 2; 16 = the issue's figure, about 15 min more: each trial "
-                         "is a real TorchTrainer run, ~30-40 s of it start-up on 2 cores)")
+                    help="trials per sweep (default 16, the issue's figure; quick 2). Each trial is a real TorchTrainer "
+                         "run, most of it start-up on 2 cores")
+    ap.add_argument("--sweep-concurrent", type=int, default=None,
+                    help="trials at once (default 4, quick 2); each gets CPUs/(2·this) logical CPUs for its worker "
+                         "and as many for Ray Data")
     ap.add_argument("--name", default="performance", help="results file stem under bench/results/")
     ap.add_argument("--before", default=None,
                     help="performance JSON written by this script at the commit before a fix (its 'ray' section is "
@@ -994,9 +1001,9 @@ def main() -> None:
     args.rounds = args.rounds or (3 if q else 10)
     args.window = args.window or (0.3 if q else 0.5)
     args.warm = args.warm or (0.3 if q else 1.0)
-    args.sweep_trials = args.sweep_trials or (2 if q else 8)
+    args.sweep_trials = args.sweep_trials or (2 if q else 16)
     args.sweep_epochs = 2 if q else 3
-    args.sweep_concurrent = 2
+    args.sweep_concurrent = args.sweep_concurrent or (2 if q else 4)
     args.data_rows = 10_000 if q else 40_000
     args.data_rounds = 2 if q else 3
     args.scaling_rounds = 1

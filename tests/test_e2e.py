@@ -93,6 +93,42 @@ def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     assert any(k.startswith("best.") for k in parent.data.params)
 
 
+@pytest.mark.parametrize("reports,grace,milestones", [(2, None, [1]), (3, None, [1, 2]), (4, 1, [1, 2]),
+                                                      (12, None, [4, 8]), (9, 2, [2, 4, 8]), (6, 5, [5])])
+def test_asha_never_stops_a_trial_at_its_last_report(reports, grace, milestones):
+    """A trial ASHA stops at its last report is killed before its plots and model are logged, so every ASHA
+    milestone lies before it, and reaching max_t is not a stop. The old max_t = epochs + 1 put a milestone
+    on epoch 2 of a 2-epoch sweep: a finished-looking child run without plots."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuning.sweep import make_scheduler
+
+    sched = make_scheduler("asha", reports, grace)
+    (bracket,) = sched._brackets          # Ray's AsyncHyperBand keeps its rungs as (milestone, recorded)
+    assert sorted(m for m, _ in bracket._rungs) == milestones
+    assert max(milestones) < reports
+
+    class T:  # the scheduler only reads trial_id
+        def __init__(self, i):
+            self.trial_id = f"t{i}"
+
+    sched.set_search_properties("acc", "max")
+    # trials that are worse at every step than all before them: only a milestone may stop them
+    stopped = 0
+    for i in range(6):
+        trial = T(i)
+        sched.on_trial_add(None, trial)
+        for it in range(1, reports + 1):
+            action = sched.on_trial_result(None, trial, {"training_iteration": it, "acc": 1.0 - i / 10})
+            if it == reports:
+                assert action == TrialScheduler.CONTINUE
+            if action == TrialScheduler.STOP:
+                assert it in milestones
+                stopped += 1
+                break
+    assert stopped >= 3   # ASHA does stop the worse trials, at milestones
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["run", "decorrelation", "--num-workers", "16"], "num_workers: 16 worker(s)"),
     (["run", "decorrelation", "--num-workers", "64"], "a multiple of 64"),
@@ -104,7 +140,9 @@ def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     (["run", "decorrelation", "--set", "data.source=/nonexistent/data.parquet"], "does not exist"),
     (["sweep", "decorrelation", "--max-concurrent", "8", "--num-workers", "2"], "concurrent trial"),
     (["sweep", "decorrelation", "--scheduler", "pbt"], "--scheduler"),
-    (["sweep", "decorrelation", "--grace-period", "50"], "--grace-period: 50; allowed: 1..12"),
+    (["sweep", "decorrelation", "--grace-period", "50"], "--grace-period: 50; allowed: 1..11"),
+    (["sweep", "decorrelation", "--grace-period", "12"], "--grace-period: 12; allowed: 1..11"),
+    (["sweep", "decorrelation", "--set", "train.epochs=1"], "--scheduler asha: a trial reports 1 result(s)"),
     (["sweep", "decorrelation", "--num-samples", "0"], "--num-samples: 0 out of range; allowed: 1..10000"),
     (["sweep", "decorrelation", "--search", "bayes"], "--search: 'bayes'; allowed: random, optuna"),
     (["sweep", "decorrelation", "--space", "nospace.yaml"], "--space nospace.yaml: file not found"),

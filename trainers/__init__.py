@@ -27,6 +27,8 @@ class MethodSpec:
     prepare: Callable[[Any, Any], dict] | None = None  # driver-side (cfg, bundle) -> facts for every worker;
     #                                        a "datasets" (+ "sizes") entry replaces what the trainer trains on
     checkpoint_score: tuple[str, str] | None = None  # (metric, "max"|"min"): keep the best checkpoints by it
+    reports: Callable[[Any, Any], int] | None = None  # (cfg, bundle) -> results a whole run reports to Tune
+    #                                                  (default: train.epochs, one per epoch)
 
 
 def _decorrelation() -> MethodSpec:
@@ -140,6 +142,7 @@ def _continual() -> MethodSpec:
         check=check,
         prepare=prepare,
         build_data=build_task_stream,
+        reports=lambda cfg, bundle: bundle.num_tasks,   # one report per task
         train_split="train",
         metric="avg_acc",
         mode="max",

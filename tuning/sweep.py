@@ -74,11 +74,36 @@ def _supersede_earlier_attempts(parent_run_id: str, sweep_name: str, trial_id: s
             tracking.end_run(run.info.run_id, "KILLED")
 
 
+def make_scheduler(scheduler: str, reports: int, grace_period: int | None = None, what: str = "train.epochs"):
+    """FIFO, or ASHA whose every milestone lies before a trial's last report.
+
+    A trial reports ``reports`` results (one per epoch; continual: one per task). ASHA compares trials at
+    milestones grace_period·2^k ≤ max_t. A trial it stops at its *last* report is killed before its plots
+    and model reach MLflow, so max_t = reports − 1 and reaching max_t does not stop a trial
+    (stop_last_trials=False). Default grace period: a third of the budget (earlier, ASHA keeps only the
+    fastest starters, e.g. high lr, not the best finishers)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if scheduler not in ("asha", "fifo"):
+        raise ConfigError(f"--scheduler: {scheduler!r}; allowed: asha, fifo")
+    if scheduler == "fifo":
+        return FIFOScheduler()
+    if reports < 2:
+        raise ConfigError(f"--scheduler asha: a trial reports {reports} result(s) ({what}), so ASHA has nothing to "
+                          f"compare before its end; allowed: --scheduler fifo, or 2 or more {what}")
+    last_rung = reports - 1
+    grace_period = max(1, reports // 3) if grace_period is None else grace_period
+    if not 1 <= grace_period <= last_rung:
+        raise ConfigError(f"--grace-period: {grace_period}; allowed: 1..{last_rung} (ASHA's first comparison must "
+                          f"come before the last of the {reports} {what})")
+    return ASHAScheduler(time_attr="training_iteration", max_t=last_rung, grace_period=grace_period,
+                         reduction_factor=2, stop_last_trials=False)
+
+
 def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, scheduler: str = "asha",
           search: str = "random", max_concurrent: int = 2, space_file: str | None = None,
           grace_period: int | None = None) -> SweepResult:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     spec = get_method(method)
     if num_samples < 1 or num_samples > 10_000:
@@ -89,33 +114,24 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
         raise ConfigError(f"--scheduler: {scheduler!r}; allowed: asha, fifo")
     if search not in ("random", "optuna"):
         raise ConfigError(f"--search: {search!r}; allowed: random, optuna")
-    epochs = base_cfg.train.epochs
-    # ASHA compares trials first at grace_period epochs; too early and it keeps only the fastest
-    # starters (high lr), not the best finishers. Default: a third of the budget.
-    grace_period = max(1, epochs // 3) if grace_period is None else grace_period
-    if not 1 <= grace_period <= epochs:
-        raise ConfigError(f"--grace-period: {grace_period}; allowed: 1..{epochs} (train.epochs)")
     base = base_cfg.model_dump(mode="json")
     space = to_tune(load_space(space_file) if space_file else spec.search_space, spec.config_cls, base)
-    preflight(spec, base_cfg, concurrent=max_concurrent)
-
+    bundle = preflight(spec, base_cfg, concurrent=max_concurrent)
+    reports = spec.reports(base_cfg, bundle) if spec.reports else base_cfg.train.epochs
+    sched = make_scheduler(scheduler, reports, grace_period,
+                           "tasks (data.num_tasks)" if spec.reports else "train.epochs")
     sweep_name = unique_run_name(f"sweep-{method}")
     experiment = base_cfg.tracking.experiment or f"trainlab/{method}"
     parent = tracking.start_run(experiment, sweep_name, base, {
         "method": method, "sweep": sweep_name, "kind": "sweep", "scheduler": scheduler, "search": search,
         "metric": spec.metric, "mode": spec.mode})
-    # max_t = epochs + 1: a trial that reaches its last epoch is not stopped by ASHA at its final
-    # report (which would kill it before its plots and model are logged); it ends by itself.
-    sched = (ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1, grace_period=grace_period,
-                           reduction_factor=2)
-             if scheduler == "asha" else FIFOScheduler())
     search_alg = None
     if search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=base_cfg.seed)
     meta = {"method": method, "sweep_name": sweep_name, "parent_run_id": parent, "experiment": experiment,
-            "base": base, "num_samples": num_samples, "max_concurrent": max_concurrent,
+            "base": base, "num_samples": num_samples, "max_concurrent": max_concurrent, "reports": reports,
             "env": {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "TRAINLAB_STORAGE": storage_root()}}
     path = f"{storage_root().rstrip('/')}/{sweep_name}"
     _write_meta(path, meta)
@@ -206,7 +222,8 @@ def resume(method: str, where: str) -> SweepResult:
 
 def _fit(tuner, meta: dict, path: str) -> SweepResult:
     spec = get_method(meta["method"])
-    parent, sweep_name, epochs = meta["parent_run_id"], meta["sweep_name"], meta["base"]["train"]["epochs"]
+    parent, sweep_name = meta["parent_run_id"], meta["sweep_name"]
+    epochs = meta.get("reports", meta["base"]["train"]["epochs"])  # results a whole trial reports
     try:
         grid = tuner.fit()
     except BaseException as e:  # noqa: BLE001
