@@ -197,9 +197,7 @@ def test_a_sigkilled_worker_restores_from_its_checkpoint_with_bitwise_equal_cont
 # --------------------------------------------------------------------------------------- sweep resume
 
 def test_an_interrupted_sweep_resumes_only_its_unfinished_trials(ray_session, workdir):
-    # 2 trials, one at a time: SIGINT once the 2nd has started, so one trial has ended (kept) and one has not
-    # (rerun on --resume)
-    args = ["trainlab", "sweep", "decorrelation", "--quick", "--num-samples", "2", "--max-concurrent", "1",
+    args = ["trainlab", "sweep", "decorrelation", "--quick", "--num-samples", "3", "--max-concurrent", "1",
             "--scheduler", "fifo", "--set", "train.epochs=1"]
     env = _env(ray_session)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir, env=env)
@@ -225,7 +223,7 @@ def test_an_interrupted_sweep_resumes_only_its_unfinished_trials(ray_session, wo
 
     sweep_dir = hint.group(1).split()[-1]
     ended = {t.trial_id for t in ExperimentAnalysis(sweep_dir).trials if t.status == "TERMINATED"}
-    assert len(ended) == 1  # Tune's view: what had ended when the driver stopped (its MLflow run may lead it)
+    assert 1 <= len(ended) < 3  # Tune's view: what had ended when the driver stopped (its MLflow run may lead it)
     done_before = {r.data.tags["trial_id"]: r.info.run_id for r in children() if r.data.tags["trial_id"] in ended}
     assert set(done_before) == ended and all(c.get_run(r).info.status == "FINISHED" for r in done_before.values())
     (parent,) = [r for r in c.search_runs([c.get_experiment_by_name("trainlab/decorrelation").experiment_id])
@@ -234,20 +232,20 @@ def test_an_interrupted_sweep_resumes_only_its_unfinished_trials(ray_session, wo
 
     r = subprocess.run(hint.group(1).split(), capture_output=True, text=True, timeout=600, cwd=workdir, env=env)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    assert "2 trials" in r.stdout
+    assert "3 trials" in r.stdout
 
     final = children()
     live = [x for x in final if x.data.tags.get("superseded_by_resume") != "true"]
     by_trial: dict[str, list] = {}
     for x in live:
         by_trial.setdefault(x.data.tags["trial_id"], []).append(x)
-    assert len(by_trial) == 2 and all(len(v) == 1 for v in by_trial.values())  # each trial once
+    assert len(by_trial) == 3 and all(len(v) == 1 for v in by_trial.values())  # each trial once
     assert all(x.info.status == "FINISHED" for x in live)
     for tid, rid in done_before.items():  # trials that had ended were not run again
         assert by_trial[tid][0].info.run_id == rid
     parent = c.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["resumed"] == "1"
-    assert parent.data.metrics["num_trials"] == 2 and "best_target_val_acc" in parent.data.metrics
+    assert parent.data.metrics["num_trials"] == 3 and "best_target_val_acc" in parent.data.metrics
 
 
 def test_resume_of_something_that_is_not_a_sweep_is_one_clear_error(workdir):
