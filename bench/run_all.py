@@ -14,14 +14,17 @@ Sections (issue 8):
               the two-discriminator GAN step vs the single-discriminator one.
 * ``data``    Ray Data ``iter_torch_batches`` from parquet on disk (raw and through trainlab's reader) and
               trainlab's ShardLoader (cached default, and streaming) vs what the training steps consume.
-* ``sweep``   16-trial sweep, ASHA vs FIFO, through ``tuning.sweep.sweep`` (tiny budget): wall time, best metric.
+* ``sweep``   ASHA vs FIFO sweeps through ``tuning.sweep.sweep`` (tiny budget): wall time, best metric. 8 trials
+              each by default, so the whole run fits 20 minutes; ``--sweep-trials 16`` is the 16-trial figure
+              (about 25 min for the two sweeps alone on 2 cores).
 * ``scaling`` 1 vs 2 Ray Train workers (DDP, gloo) on this machine, and 1 worker with 2 threads.
 * ``gpu``     With CUDA: the ``ray`` section on the GPU (fp32 and ``train.precision=bf16``), GPU utilisation;
               without: recorded as "no GPU available on this machine".
 * ``profile`` torch.profiler tables for every ratio that misses its goal (what the extra time is spent on).
 
-    flock /tmp/trainlab-ray.lock python bench/run_all.py            # ~19 min on 2 shared cores
+    flock /tmp/trainlab-ray.lock python bench/run_all.py            # ~18 min on 2 shared cores
     flock /tmp/trainlab-ray.lock python bench/run_all.py --quick    # ~6 min smoke version
+    flock /tmp/trainlab-ray.lock python bench/run_all.py --only sweep --sweep-trials 16 --name performance_16trials
     python bench/run_all.py --only ray,method --rounds 3             # some sections
 
 Writes ``bench/results/performance.{json,md}`` (``--name`` to change the stem).
@@ -553,8 +556,6 @@ def ray_overhead(args, store: str, datasets, tensors, info, cases: dict[str, obj
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from trainers import get_method
-
     names = list(cases)
     sched = schedule(names, args.rounds)
     bdir = tempfile.mkdtemp(prefix="baton-", dir=store)
@@ -983,11 +984,12 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=None, help="seconds per timed window (default 0.5, quick 0.3)")
     ap.add_argument("--warm", type=float, default=None, help="warm-up seconds per step function (default 1.0)")
     ap.add_argument("--sweep-trials", type=int, default=None,
-                    help="trials per sweep (default 16, the issue's figure; quick 2). Each trial is a real TorchTrainer "
-                         "run, most of it start-up on 2 cores")
+                    help="trials per sweep (default 8, quick 2). 16, the issue's figure, takes about 25 min for the two "
+                         "sweeps on 2 cores (bench/results/performance_16trials.md): each trial is a real TorchTrainer "
+                         "run, most of it start-up")
     ap.add_argument("--sweep-concurrent", type=int, default=None,
-                    help="trials at once (default 4, quick 2); each gets CPUs/(2·this) logical CPUs for its worker "
-                         "and as many for Ray Data")
+                    help="trials at once (default 2); each gets CPUs/(2·this) logical CPUs for its worker and as many "
+                         "for Ray Data. On 2 cores, 4 at once is slower per trial than 2 (start-ups compete for CPU)")
     ap.add_argument("--name", default="performance", help="results file stem under bench/results/")
     ap.add_argument("--before", default=None,
                     help="performance JSON written by this script at the commit before a fix (its 'ray' section is "
@@ -1008,13 +1010,13 @@ def main() -> None:
     args.rounds = args.rounds or (3 if q else 10)
     args.window = args.window or (0.3 if q else 0.5)
     args.warm = args.warm or (0.3 if q else 1.0)
-    args.sweep_trials = args.sweep_trials or (2 if q else 16)
+    args.sweep_trials = args.sweep_trials or (2 if q else 8)
     args.sweep_epochs = 2 if q else 3
-    args.sweep_concurrent = args.sweep_concurrent or (2 if q else 4)
+    args.sweep_concurrent = args.sweep_concurrent or 2
     args.data_rows = 10_000 if q else 40_000
     args.data_rounds = 2 if q else 3
     args.scaling_rounds = 1
-    args.scaling_batches = [64] if q else [256]   # one batch size: the 20-minute budget goes to the 16-trial sweeps
+    args.scaling_batches = [64] if q else [256]   # one batch size: keeps the whole run within 20 minutes
     only = set(args.only.split(",")) if args.only else set(SECTIONS)
     bad = only - set(SECTIONS)
     if bad:
@@ -1114,16 +1116,19 @@ MISS_NOTES = {
         "and the elementwise ops of the standardisation in the table, not a Python or data cost; at C=256 the "
         "C² terms are as large as a share of the small CNN's own step. Not changed: the maths is the method.",
     "mixture_sparsity: mixture penalty":
-        "Why: the penalty (group norms of fc0/fc1 rows, per-component log densities, logsumexp, in float64) is "
-        "~50 small ops forward and as many backward; each costs its dispatch time whatever its size, so it adds a "
-        "fixed ~1 ms per step — more than 10% of a 2×128 sigmoid MLP on 8×8 digits at batch 64 (its whole step is "
-        "about 1.3 ms; the table's growth is spread over small elementwise ops and the float64 casts — `_to_copy`/`copy_` calls "
-        "double — and the op count per step doubles; self-time totals of one 30-step profile are noisy, the op "
-        "counts are not). At batch 512 the same absolute cost is a smaller share (next row). Closing it needs fusing the ops "
-        "(torch.compile) or dropping the float64 upcast, which changes the numbers the unit tests pin: left as is.",
+        "Why: the penalty is a fixed number of small ops per step, each costing its dispatch time whatever its "
+        "size: the group norms of the fc0/fc1 rows (mul, sum, cat, add, sqrt), the log densities of all components "
+        "in one broadcast (sub, mul, addcmul) and the log-sum-exp (amax, sub, exp, sum, log, add), plus as many "
+        "backward nodes (see the profile's op counts). That is a fixed ~0.4 ms, more than 10% of a 2×128 sigmoid "
+        "MLP on 8×8 digits at batch 64. The fix (see Fixes) took out what was not the maths: the per-step "
+        "validation and python→tensor conversion of the prior's parameters, one op chain per component, "
+        "torch.logsumexp's infinity guards, three autocast region entries. Tried and not taken: a hand-written "
+        "autograd.Function with the closed-form gradient (no faster: 1.64× vs 1.54× in one microbenchmark) and "
+        "torch.compile of the penalty (1.56× vs 1.73× eager, for a 24 s compile in every worker process and a C++ "
+        "toolchain on every node). The share falls as the network's own step grows (next row).",
     "mixture_sparsity: mixture penalty at batch 512":
-        "Why: as above — a fixed per-step cost of many small float64 ops; the share shrinks as the network's own "
-        "step grows.",
+        "Why: as above: the same fixed per-step cost of small ops; the share shrinks as the network's own step "
+        "grows.",
     "continual: masked forward + update (reading B)":
         "Why: reading B (not the default; reading A passes) computes W ⊙ mask for every masked weight in every "
         "forward (`torch.where`, and its backward) and runs the model through `torch.func.functional_call`, which "
@@ -1351,7 +1356,7 @@ def render(R: dict, args) -> str:
             L.append("")
     if R.get("notes"):
         L += ["## Notes", "", *R["notes"], ""]
-    L += [f"Section times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in R["section_seconds"].items()) + ".", ""]
+    L += ["Section times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in R["section_seconds"].items()) + ".", ""]
     return "\n".join(L)
 
 
