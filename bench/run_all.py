@@ -22,7 +22,7 @@ Sections (issue 8):
               without: recorded as "no GPU available on this machine".
 * ``profile`` torch.profiler tables for every ratio that misses its goal (what the extra time is spent on).
 
-    flock /tmp/trainlab-ray.lock python bench/run_all.py            # ~18 min on 2 shared cores
+    flock /tmp/trainlab-ray.lock python bench/run_all.py            # ~19 min on 2 shared cores
     flock /tmp/trainlab-ray.lock python bench/run_all.py --quick    # ~6 min smoke version
     flock /tmp/trainlab-ray.lock python bench/run_all.py --only sweep --sweep-trials 16 --name performance_16trials
     python bench/run_all.py --only ray,method --rounds 3             # some sections
