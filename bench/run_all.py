@@ -16,7 +16,7 @@ Sections (issue 8):
               trainlab's ShardLoader (cached default, and streaming) vs what the training steps consume.
 * ``sweep``   ASHA vs FIFO sweeps through ``tuning.sweep.sweep`` (tiny budget): wall time, best metric. 8 trials
               each by default, so the whole run fits 20 minutes; ``--sweep-trials 16`` is the 16-trial figure
-              (about 25 min for the two sweeps alone on 2 cores).
+              (about 28 min for the two sweeps alone on 2 cores).
 * ``scaling`` 1 vs 2 Ray Train workers (DDP, gloo) on this machine, and 1 worker with 2 threads.
 * ``gpu``     With CUDA: the ``ray`` section on the GPU (fp32 and ``train.precision=bf16``), GPU utilisation;
               without: recorded as "no GPU available on this machine".
@@ -984,7 +984,7 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=None, help="seconds per timed window (default 0.5, quick 0.3)")
     ap.add_argument("--warm", type=float, default=None, help="warm-up seconds per step function (default 1.0)")
     ap.add_argument("--sweep-trials", type=int, default=None,
-                    help="trials per sweep (default 8, quick 2). 16, the issue's figure, takes about 25 min for the two "
+                    help="trials per sweep (default 8, quick 2). 16, the issue's figure, takes about 28 min for the two "
                          "sweeps on 2 cores (bench/results/performance_16trials.md): each trial is a real TorchTrainer "
                          "run, most of it start-up")
     ap.add_argument("--sweep-concurrent", type=int, default=None,
