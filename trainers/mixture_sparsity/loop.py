@@ -190,7 +190,7 @@ def train_loop_per_worker(config: dict) -> None:
     opt = make_optimizer(cfg.train, model.parameters())
     train = w.loader("source_train")
     evals = {"val": w.loader("source_val", 1024), "test": w.loader("target_test", 1024)}
-    reg = method_regularizer(m)
+    penalty = method_regularizer(m)  # (not `reg`: the loop below names the step's R value reg)
     tau_cfg = None if m.budget is not None else mixture_tau(m)  # a budget decides τ; else threshold/boundary
 
     history: list[dict] = []
@@ -207,7 +207,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         sums = torch.zeros(3, dtype=torch.float64, device=w.device)  # on device: no host sync per step
         for b in train.epoch(epoch, w.steps_per_epoch):
-            loss, task, reg = train_step(model, base, opt, reg, spec, b["x"], b["y"],
+            loss, task, reg = train_step(model, base, opt, penalty, spec, b["x"], b["y"],
                                          m.lam if epoch > m.warmup_epochs else 0.0, w.autocast)
             sums += torch.stack([loss.double(), task.double(), reg.double()])
         means = all_reduce_sum(sums).cpu() / (w.steps_per_epoch * w.world_size)
