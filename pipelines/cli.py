@@ -27,13 +27,13 @@ def _fail(msg: str, code: int = 2) -> None:
 
 
 def _user_errors():
-    from pipelines.cluster import ResourceError
+    from pipelines.cluster import ClusterAuthError, ResourceError
     from pipelines.data import DataValidationError
     from pipelines.tracking import TrackingError
     from trainers import UnknownMethodError
     from trainers.common.config import ConfigError
 
-    return (ConfigError, DataValidationError, ResourceError, TrackingError, UnknownMethodError, ValueError)
+    return (ClusterAuthError, ConfigError, DataValidationError, ResourceError, TrackingError, UnknownMethodError, ValueError)
 
 
 @contextlib.contextmanager

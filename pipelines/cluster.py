@@ -20,23 +20,44 @@ class ResourceError(ValueError):
     """The cluster cannot host the requested workers; raised before any worker starts."""
 
 
+class ClusterAuthError(ValueError):
+    """Ray's token authentication is on and this process has no (valid) token; raised before any worker starts."""
+
+
+def _auth_error(e: Exception, address: str | None) -> ClusterAuthError:
+    where = f"the cluster at {address}" if address else "a local Ray instance"
+    if "invalid or incorrect" in str(e):
+        return ClusterAuthError(
+            f"RAY_AUTH_TOKEN: {where} refused this token; use the cluster's own (`ray get-auth-token` on its head, "
+            "then RAY_AUTH_TOKEN=... or a file named by RAY_AUTH_TOKEN_PATH)")
+    return ClusterAuthError(
+        f"RAY_AUTH_MODE=token but no Ray auth token was found (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
+        f"~/.ray/auth_token) to reach {where}: make one with `ray get-auth-token --generate`, or for a remote "
+        "cluster copy its token (`ray get-auth-token` on the head)")
+
+
 def init_ray(num_cpus: int | None = None, address: str | None = None) -> dict:
     """Start (or connect to) Ray once per process and return the cluster's total resources.
 
     ``num_cpus`` sets the *logical* CPU count of a new local instance (default: the machine's
     cores, or ``TRAINLAB_RAY_CPUS``). It is ignored when connecting to an existing cluster.
     """
+    from ray.exceptions import AuthenticationError
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=True)
-        else:
-            _refuse_a_second_local_instance()
-            if num_cpus is None and os.environ.get("TRAINLAB_RAY_CPUS"):
-                num_cpus = int(os.environ["TRAINLAB_RAY_CPUS"])
-            ray.init(num_cpus=num_cpus, log_to_driver=True, dashboard_host="127.0.0.1",
-                     configure_logging=True, logging_level=logging.WARNING)
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=True)
+            else:
+                _refuse_a_second_local_instance()
+                if num_cpus is None and os.environ.get("TRAINLAB_RAY_CPUS"):
+                    num_cpus = int(os.environ["TRAINLAB_RAY_CPUS"])
+                ray.init(num_cpus=num_cpus, log_to_driver=True, dashboard_host="127.0.0.1",
+                         configure_logging=True, logging_level=logging.WARNING)
+        except AuthenticationError as e:
+            raise _auth_error(e, address) from None
     _quiet_ray_data()
     return dict(ray.cluster_resources())
 

@@ -126,7 +126,7 @@ def start_run(experiment: str, run_name: str, config: dict, tags: dict[str, str]
 def pending_dir() -> str:
     """Where MLflow calls that could not be delivered are kept (:mod:`trainers.common.run_logger`):
     ``TRAINLAB_MLFLOW_PENDING``, else ``<storage>/mlflow_pending`` for local storage, else
-    ``~/.cache/trainlab/mlflow_pending``."""
+    ``mlflow_pending`` under the cache root (``TRAINLAB_CACHE``)."""
     if os.environ.get("TRAINLAB_MLFLOW_PENDING"):
         return os.environ["TRAINLAB_MLFLOW_PENDING"]
     from pipelines.run import storage_root
@@ -134,7 +134,9 @@ def pending_dir() -> str:
     root = storage_root()
     if "://" not in root:
         return str(Path(root) / "mlflow_pending")
-    return str(Path(os.environ.get("TRAINLAB_CACHE", Path.home() / ".cache" / "trainlab")) / "mlflow_pending")
+    from trainers.common.paths import cache_root
+
+    return str(cache_root() / "mlflow_pending")
 
 
 def end_run(run_id: str, status: str = "FINISHED", tags: dict[str, Any] | None = None) -> None:

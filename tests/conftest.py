@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -13,9 +16,50 @@ import pytest
 # Tests must never reach the network, and Ray must not print usage stats prompts.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-# The session's head runs with Ray's token authentication (the token in ~/.ray/auth_token, made if
-# missing), as a shared cluster should: every driver, job submission and state-API call must carry it.
-os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+# Hermetic: the suite reads and writes nothing of the user's (no ~/.ray token, no ~/.cache/trainlab, no MLflow
+# store of theirs). Everything lives in one session temp dir, set here at import, before any Ray or MLflow
+# import and so inherited by every subprocess, `ray start` (its workers and job drivers) and job submission.
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="trainlab-tests-"))
+# The session's head runs with Ray's token authentication, as a shared cluster should: every driver, job
+# submission and state-API call must carry the token, which is the session's own.
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.pop("RAY_AUTH_TOKEN", None)          # it would win over the file
+(SESSION_TMP / "auth_token").write_text(secrets.token_hex(32))
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(SESSION_TMP / "auth_token")
+os.environ["TRAINLAB_CACHE"] = str(SESSION_TMP / "cache")
+os.environ["MPLCONFIGDIR"] = str(SESSION_TMP / "matplotlib")
+# defaults for tests that do not take `workdir` (which points both at the test's own tmp_path)
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{SESSION_TMP / 'mlflow.db'}"
+os.environ["TRAINLAB_STORAGE"] = str(SESSION_TMP / "runs")
+for _k in ("RAY_ADDRESS", "MLFLOW_EXPERIMENT_NAME", "TRAINLAB_MLFLOW_PENDING"):
+    os.environ.pop(_k, None)
+
+# What the suite must leave untouched in the user's home; checked when the session ends.
+USER_PATHS = [Path.home() / p for p in (".ray", ".cache/trainlab", ".config/trainlab", "mlruns")]
+
+
+def _snapshot(paths: list[Path]) -> dict[str, tuple[int, int]]:
+    out = {}
+    for root in paths:
+        for p in ([root, *root.rglob("*")] if root.is_dir() else [root] if root.exists() else []):
+            st = p.stat()
+            out[str(p)] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def pytest_sessionstart(session):
+    session.config._user_paths_before = _snapshot(USER_PATHS)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    after = _snapshot(USER_PATHS)
+    before = getattr(session.config, "_user_paths_before", {})
+    changed = sorted(p for p in set(before) | set(after) if before.get(p) != after.get(p))
+    shutil.rmtree(SESSION_TMP, ignore_errors=True)
+    if changed:
+        print(f"\nhermeticity: the suite changed the user's files: {changed[:10]}", file=sys.stderr)
+        session.exitstatus = 1
 # Logical CPUs of the test cluster: more than the 2 real cores, so that 2-worker runs and
 # 2-trial sweeps (each with spare CPUs for Ray Data) can be scheduled on a laptop-class machine.
 TEST_CLUSTER_CPUS = 8
@@ -37,6 +81,9 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "MlflowServer":
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not (self.root / "mlflow.db").exists():
+            empty_mlflow_db(self.root / "mlflow.db")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
@@ -85,7 +132,7 @@ class RayHead:
 
         last = None
         for _ in range(120):  # the dashboard's job API comes up a little after `ray start` returns
-            try:  # the client sends Ray's auth token (~/.ray/auth_token) when token auth is on
+            try:  # the client sends the session's auth token (RAY_AUTH_TOKEN_PATH)
                 JobSubmissionClient(self.dashboard_url).list_jobs()
                 return self
             except Exception as e:  # noqa: BLE001 - not up yet
@@ -118,12 +165,27 @@ def ray_session(ray_head):
     ray.shutdown()
 
 
+def empty_mlflow_db(path: Path) -> Path:
+    """A new, empty MLflow sqlite store at ``path``: a copy of one made (migrated) once per session, since
+    MLflow's schema migrations take seconds for every new database."""
+    template = SESSION_TMP / "mlflow-template.db"
+    if not template.exists():
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        store = SqlAlchemyStore(f"sqlite:///{SESSION_TMP / 'mlflow-making.db'}", str(SESSION_TMP / "unused"))
+        store.engine.dispose()
+        os.replace(SESSION_TMP / "mlflow-making.db", template)
+    shutil.copyfile(template, path)
+    return path
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A fresh working directory with its own MLflow sqlite store and Ray Train storage."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{empty_mlflow_db(tmp_path / 'mlflow.db')}")
     monkeypatch.setenv("TRAINLAB_STORAGE", str(tmp_path / "runs"))
+    monkeypatch.setenv("TRAINLAB_CACHE", str(tmp_path / "cache"))
     return tmp_path
 
 

@@ -116,6 +116,7 @@ def train_classifier(cfg: ShiftExplainerConfig, bundle) -> torch.nn.Module:
     from ray.train.torch import TorchTrainer
 
     from pipelines.run import storage_root, unique_run_name
+    from trainers.common.worker import dataset_config
 
     s = cfg.scaling
     trainer = TorchTrainer(
@@ -125,7 +126,9 @@ def train_classifier(cfg: ShiftExplainerConfig, bundle) -> torch.nn.Module:
                                      resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
         run_config=RunConfig(name=unique_run_name("shift_explainer-classifier"), storage_path=storage_root(),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
-        datasets={k: bundle.datasets[k] for k in ("d1_train", "d1_val")})
+        datasets={k: bundle.datasets[k] for k in ("d1_train", "d1_val")},
+        dataset_config=dataset_config({k: bundle.datasets[k] for k in ("d1_train", "d1_val")},
+                                      getattr(cfg.data, "cache_in_memory", True)))
     result = trainer.fit()
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
@@ -137,19 +140,16 @@ def train_classifier(cfg: ShiftExplainerConfig, bundle) -> torch.nn.Module:
 CLASSIFIER_CACHE_VERSION = 1
 
 
-def classifier_cache_path(cfg: ShiftExplainerConfig) -> Path | None:
+def classifier_cache_path(cfg: ShiftExplainerConfig) -> Path:
     """Where a trained classifier is kept for reuse: every run (and every sweep trial) with the same data,
     seed, classifier settings, batch size and worker count trains the same f, so it is trained once. Keyed by
-    those settings (and, for parquet input, the files' sizes and modification times); ``None`` for
-    non-local storage."""
+    those settings (and, for parquet input, the files' sizes and modification times), under the cache root
+    (``TRAINLAB_CACHE``); the driver reads and writes it, so the storage root may be remote."""
     import hashlib
     import json
 
-    from pipelines.run import storage_root
+    from trainers.common.paths import cache_root
 
-    root = storage_root()
-    if "://" in root:
-        return None
     files = []
     if cfg.data.source != "colour_thickness" and Path(cfg.data.source).exists():
         from pipelines.data import _parquet_files
@@ -160,7 +160,7 @@ def classifier_cache_path(cfg: ShiftExplainerConfig) -> Path | None:
            "train": [cfg.method.classifier_epochs, cfg.method.classifier_lr, cfg.train.batch_size,
                      cfg.scaling.num_workers, cfg.scaling.use_gpu]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return Path(root) / "classifier_cache" / f"{digest}.pt"
+    return cache_root() / "classifier_cache" / f"{digest}.pt"
 
 
 def obtain_classifier(cfg: ShiftExplainerConfig, bundle) -> tuple[torch.nn.Module, str]:

@@ -6,7 +6,7 @@ feature dim 64, ReLU features of ``fc1``) trained on the REAL training images of
 their labels (digits: the class; patches: photo × rotation), images in [−1, 1] (G's range), Adam
 lr 2e-3, batch 64, :data:`CLASSIFIER_EPOCHS` epochs, seed 0 — independent of the run's seed, so
 every run on the same data measures with the same features. It is trained once per data set and
-cached under ``$TRAINLAB_CACHE`` (default ``~/.cache/trainlab``) keyed by a hash of the images,
+cached under trainlab's cache root (``TRAINLAB_CACHE``, default ``$XDG_CACHE_HOME/trainlab``) keyed by a hash of the images,
 labels and these settings. FD = Fréchet distance between Gaussians fitted to the features of
 ``fd_samples`` generated images and of ALL real training images (``fd``), or of all held-out real
 images (``fd_val``). Absolute values are comparable only between runs with the same data set and
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers.common.models import SmallCNN
+from trainers.common.paths import cache_root
 from trainers.ssd2gan.losses import average_power_spectrum, gaussian_stats
 
 CLASSIFIER_EPOCHS = 8
@@ -31,7 +32,7 @@ CLASSIFIER = {"width": 16, "feature_dim": 64, "lr": 2e-3, "batch": 64, "epochs":
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("TRAINLAB_CACHE", Path.home() / ".cache" / "trainlab"))
+    return cache_root()
 
 
 def _key(x: np.ndarray, y: np.ndarray) -> str:
