@@ -90,6 +90,11 @@ def _run_summary(res, spec) -> None:
     t.add_row("experiment", res.experiment)
     t.add_row("tracking URI", res.tracking_uri)
     t.add_row("checkpoint", res.checkpoint or "-")
+    tm = getattr(res, "timing", None) or {}
+    if tm:  # where the wall time went: the loop vs the rest (MLflow: startup.*)
+        t.add_row("time", f"loop {tm['startup.loop_s']:.1f} s + start-up/teardown {tm['startup.overhead_s']:.1f} s "
+                          f"(workers {tm['startup.workers_s']:.1f} s, after last report "
+                          f"{tm['startup.after_last_report_s']:.1f} s)")
     console.print(t)
     from pipelines.tracking import ui_hint
 

@@ -30,6 +30,29 @@ class RunResult:
     checkpoint: str | None
     storage_path: str
     config: dict = field(default_factory=dict)
+    timing: dict = field(default_factory=dict)  # startup.* seconds, see startup_timing
+
+
+def startup_timing(marks: dict[str, float], metrics: dict) -> dict[str, float]:
+    """Where a run's wall time went, in seconds, from the driver's marks (unix times) and the chief worker's last
+    report (when its loop started and when it reported): ``startup.preflight_s`` (Ray connect, data, checks),
+    ``startup.prepare_s`` (the method's driver-side work), ``startup.mlflow_run_s``, ``startup.trainer_s``
+    (building the trainer), ``startup.workers_s`` (fit() until the worker's loop starts: controller, worker
+    group, process group, dataset shards), ``startup.loop_s`` (the loop until its last report),
+    ``startup.after_last_report_s`` (final evaluation, plots, model logging, teardown) and
+    ``startup.overhead_s`` = everything but the loop."""
+    if "worker_started_unix" not in metrics or "reported_unix" not in metrics:
+        return {}
+    w0, w1 = float(metrics.pop("worker_started_unix")), float(metrics.pop("reported_unix"))
+    t = {"startup.preflight_s": marks["preflight"] - marks["start"],
+         "startup.prepare_s": marks["prepare"] - marks["preflight"],
+         "startup.mlflow_run_s": marks["mlflow_run"] - marks["prepare"],
+         "startup.trainer_s": marks["trainer"] - marks["mlflow_run"],
+         "startup.workers_s": w0 - marks["trainer"],
+         "startup.loop_s": w1 - w0,
+         "startup.after_last_report_s": marks["fit"] - w1}
+    t["startup.overhead_s"] = marks["fit"] - marks["start"] - t["startup.loop_s"]
+    return t
 
 
 def storage_root() -> str:
@@ -78,15 +101,69 @@ def preflight(spec: MethodSpec, cfg: BaseRunConfig, concurrent: int = 1):
     return bundle
 
 
+def _train_in_trial(spec, method, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri) -> RunResult:
+    from trainers.common.worker import TrialSession
+
+    run_facts["report_to"] = "tune"
+    marks["trainer"] = time.time()
+    try:
+        session = TrialSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts})
+    except BaseException as e:  # noqa: BLE001 - the MLflow run must not be left RUNNING (ASHA's stop: SystemExit)
+        tracking.end_run(run_id, "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED",
+                         {"error": f"{type(e).__name__}: {str(e)[:500]}"})
+        raise
+    marks["fit"] = time.time()
+    metrics = dict(session.metrics or {})
+    timing = startup_timing(marks, metrics)
+    if timing:
+        tracking.log_metrics(run_id, timing)
+    ckpt = session.checkpoint.path if session.checkpoint else None
+    storage = str(Path(ckpt).parent) if ckpt else ""
+    tracking.end_run(run_id, "FINISHED", {"checkpoint": ckpt or "", "ray_storage": storage})
+    return RunResult(method, run_name, run_id, experiment, uri, metrics, ckpt, storage, cfg_dict, timing)
+
+
+def runs_in_trial(cfg: BaseRunConfig) -> bool:
+    """Whether a sweep trial of ``cfg`` runs its training loop in the trial's own process (see ``train``)."""
+    return cfg.scaling.num_workers == 1 and not cfg.scaling.use_gpu
+
+
+def _train_controller_env() -> None:
+    """Ray Train V2 settings that its controller and workers read from the driver's environment (a user's own
+    setting wins). The controller polls its workers every 2 s by default, so each run's start and end wait
+    up to 2 s for the next poll; 0.5 s costs one small actor call per worker per poll. The preemption watcher
+    is one more actor process per run (seconds of start-up on a small machine) that reacts to a node being
+    drained; with one node in the cluster the workers share the driver's node, whose loss ends the run anyway."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    if "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ:
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        if len(alive) == 1:
+            os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+
+
 def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, parent_run_id: str | None = None,
-          callbacks: list | None = None, bundle=None, extra_tags: dict | None = None) -> RunResult:
-    """Run one TorchTrainer job for ``method`` and log it to MLflow. Raises on failure (run marked FAILED)."""
+          callbacks: list | None = None, bundle=None, extra_tags: dict | None = None,
+          in_trial: bool = False) -> RunResult:
+    """Run one TorchTrainer job for ``method`` and log it to MLflow. Raises on failure (run marked FAILED).
+
+    ``in_trial``: called by a Tune trial with a single CPU worker. The loop then runs in the trial's own process
+    and reports to Tune itself (``trainers.common.worker.TrialSession``): no controller, worker group, sync or
+    dataset-manager actors per trial, which on a small cluster cost more than a short trial's training; Tune
+    keeps the checkpoints and restarts the trial. Multi-worker and GPU trials launch a TorchTrainer as a
+    ``run`` does."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from trainers.common.worker import dataset_config
+
     spec = get_method(method)
+    marks = {"start": time.time()}
     if bundle is None:
         bundle = preflight(spec, cfg)
+    marks["preflight"] = time.time()
+    _train_controller_env()  # before prepare, which may run a TorchTrainer of its own
     prepared = None
     if spec.prepare is not None:  # driver-side precomputation, before the MLflow run exists
         try:
@@ -102,7 +179,9 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
     cfg_dict = cfg.model_dump(mode="json")
     variant = getattr(cfg.method, spec.variant_field, "") if spec.variant_field else ""
     tags = {"method": method, "variant": str(variant), "dataset": bundle.name, **(extra_tags or {})}
+    marks["prepare"] = time.time()
     run_id = tracking.start_run(experiment, run_name, cfg_dict, tags, parent_run_id=parent_run_id)
+    marks["mlflow_run"] = time.time()
 
     storage = storage_root()
     stop_file = str(Path(storage) / run_name / "STOP") if "://" not in storage else None
@@ -117,6 +196,8 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         "driver_niceness": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
     }
     s = cfg.scaling
+    if in_trial and runs_in_trial(cfg):
+        return _train_in_trial(spec, method, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri)
     trainer = TorchTrainer(
         spec.train_loop,
         train_loop_config={"cfg": cfg_dict, "run": run_facts},
@@ -130,14 +211,21 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
                 **({"checkpoint_score_attribute": spec.checkpoint_score[0],
                     "checkpoint_score_order": spec.checkpoint_score[1]} if spec.checkpoint_score else {}))),
         datasets=bundle.datasets,
+        dataset_config=dataset_config(bundle.datasets, run_facts["cache_in_memory"]),
     )
+    marks["trainer"] = time.time()
     try:
         result = trainer.fit()
     except BaseException as e:  # noqa: BLE001 - the MLflow run must not be left RUNNING
         tracking.end_run(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
                          {"error": f"{type(e).__name__}: {str(e)[:500]}"})
         raise
+    marks["fit"] = time.time()
+    metrics = dict(result.metrics or {})
+    timing = startup_timing(marks, metrics)
+    if timing:
+        tracking.log_metrics(run_id, timing)
     ckpt = result.checkpoint.path if result.checkpoint else None
     tracking.end_run(run_id, "FINISHED", {"checkpoint": ckpt or "", "ray_storage": f"{storage}/{run_name}"})
-    return RunResult(method, run_name, run_id, experiment, uri, dict(result.metrics or {}), ckpt,
-                     f"{storage}/{run_name}", cfg_dict)
+    return RunResult(method, run_name, run_id, experiment, uri, metrics, ckpt, f"{storage}/{run_name}", cfg_dict,
+                     timing)

@@ -149,6 +149,16 @@ def end_run(run_id: str, status: str = "FINISHED", tags: dict[str, Any] | None =
     rl._call("set_terminated", {"status": status})
 
 
+def log_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Log driver-side metrics (at step 0) to a run; parked like every other call if the server is down."""
+    import time
+
+    from trainers.common.run_logger import RunLogger
+
+    ts = int(time.time() * 1000)
+    RunLogger(tracking_uri(), run_id, pending_dir()).log_metrics([(k, float(v), ts, 0) for k, v in metrics.items()])
+
+
 def ui_hint() -> str:
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):

@@ -507,3 +507,31 @@ def test_load_domain_shift_embedded_and_registry_hook(ray_session):
     b2 = D.build_domain_shift(cfg)
     assert b2.name == "digits-shift(invert)" and b2.input_shape == (1, 8, 8)
     assert b2.sizes == {k: len(v[0]) for k, v in D.embedded_digits_shift(seed=1, image_size=8).items()}
+
+
+def test_eval_splits_reach_every_worker_whole_and_each_rank_keeps_a_disjoint_part(ray_session):
+    """Only the training splits are streaming-split among Ray Train workers (each split costs a coordinator
+    actor); an evaluation split reaches every rank whole, in a preserved order, and the ranks' parts of it
+    are disjoint and cover every row, so summed evaluation counts are exact (streaming_split(equal=True)
+    dropped the remainder)."""
+    import ray.data
+    import torch
+
+    from trainers.common.worker import ShardLoader, dataset_config
+
+    def shuffled_blocks():  # several blocks and a map stage: what preserve_order has to hold in place
+        return ray.data.range(1003, override_num_blocks=7).map_batches(lambda b: {"x": b["id"] * 2})
+
+    datasets = {"source_train": ray.data.range(10), "target_train": ray.data.range(10),
+                "train": ray.data.range(10), "source_val": shuffled_blocks(), "target_test": shuffled_blocks()}
+    cfg = dataset_config(datasets, cache_in_memory=True)
+    assert sorted(cfg._datasets_to_split) == ["source_train", "target_train", "train"]
+    assert dataset_config(datasets, cache_in_memory=False)._datasets_to_split == "all"  # streaming: as before
+    ds = datasets["source_val"]
+    assert ds.context.execution_options.preserve_order
+    for world in (1, 2, 3):
+        parts = [ShardLoader(ds.iterator(), 64, torch.device("cpu"), cache=True, seed=0, part=(r, world))
+                 for r in range(world)]
+        rows = [torch.cat([b["x"] for b in p.full(100)]) for p in parts]
+        assert torch.equal(torch.cat(rows), torch.arange(1003) * 2), world
+        assert max(len(r) for r in rows) - min(len(r) for r in rows) <= 1

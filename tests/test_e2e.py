@@ -226,3 +226,24 @@ def test_a_second_local_ray_instance_is_refused_with_how_to_share(ray_session, w
     assert "a local Ray instance is already running" in r.stderr and "RAY_ADDRESS=auto" in r.stderr, r.stderr
     assert time.perf_counter() - t0 < 60
     assert not (workdir / "mlflow.db").exists() or not _client().search_experiments(filter_string="name LIKE 'trainlab/%'")
+
+
+@pytest.mark.parametrize("token_env,fragment", [
+    ({"RAY_AUTH_TOKEN_PATH": "/nonexistent/auth_token"}, "ray get-auth-token --generate"),
+    ({"RAY_AUTH_TOKEN": "0" * 64}, "refused this process's auth token"),
+])
+def test_a_missing_or_wrong_ray_token_is_one_line_saying_what_to_do(ray_session, workdir, token_env, fragment):
+    """The session's head runs with token auth: a driver without its token gets one line (exit 2), no traceback,
+    and no MLflow run. HOME is an empty dir, so no ~/.ray/auth_token can stand in for the missing one."""
+    home = workdir / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
+    env.update(token_env, HOME=str(home), RAY_ADDRESS=ray_session.get_runtime_context().gcs_address,
+               RAY_AUTH_MODE="token")
+    r = subprocess.run(["trainlab", "run", "decorrelation", "--quick"], capture_output=True, text=True, timeout=120,
+                       env=env, cwd=workdir)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and fragment in err[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and not list(home.iterdir())
+    assert not _client().search_experiments(filter_string="name LIKE 'trainlab/%'")

@@ -1,7 +1,9 @@
 """``trainlab sweep``: Ray Tune over a method's search space, one MLflow parent run per sweep.
 
-Each trial is a per-trial driver function that launches its own ``TorchTrainer`` (Ray Train V2)
-with ``TuneReportCallback``, so Tune sees every epoch's metrics (ASHA can stop it early). Each trial
+Each trial is a Tune function trainable. A single-CPU-worker trial runs the method's training loop in its own
+process (Ray Train's local mode; it reports each epoch to Tune itself); a multi-worker or GPU trial is a
+per-trial driver that launches its own ``TorchTrainer`` (Ray Train V2) with ``TuneReportCallback``. Either way
+Tune sees every epoch's metrics (ASHA can stop it early) and keeps the trial's checkpoints. Each trial
 logs to its own MLflow child run (``mlflow.parentRunId`` = the sweep's run); the best trial's
 config and metric are logged on the parent.
 """
@@ -12,7 +14,7 @@ import os
 from dataclasses import dataclass
 
 from pipelines import tracking
-from pipelines.run import preflight, storage_root, train, unique_run_name
+from pipelines.run import preflight, runs_in_trial, storage_root, train, unique_run_name
 from trainers import get_method
 from trainers.common.config import BaseRunConfig, ConfigError, build_config, dotted_to_nested
 from tuning.spaces import load_space, to_tune
@@ -55,7 +57,8 @@ def _trial(trial_params: dict, *, method: str, base: dict, parent_run_id: str, s
     ctx = tune.get_context()
     run_name = f"{sweep_name}-{ctx.get_trial_id()}"
     _supersede_earlier_attempts(parent_run_id, sweep_name, ctx.get_trial_id())
-    train(method, cfg, run_name=run_name, parent_run_id=parent_run_id, callbacks=[TuneReportCallback()],
+    train(method, cfg, run_name=run_name, parent_run_id=parent_run_id,
+          callbacks=None if runs_in_trial(cfg) else [TuneReportCallback()], in_trial=True,
           extra_tags={"sweep": sweep_name, "trial_id": ctx.get_trial_id()})
 
 
@@ -153,13 +156,22 @@ class SweepInterrupted(KeyboardInterrupt):
 META_FILE = "trainlab_sweep.json"
 
 
+def trial_resources(base_cfg: BaseRunConfig) -> dict:
+    """What Tune reserves for one trial: a trial that trains in its own process holds its worker's CPUs; one
+    that launches a TorchTrainer only waits on it (its workers reserve their own)."""
+    if runs_in_trial(base_cfg):
+        return {"CPU": base_cfg.scaling.cpus_per_worker}
+    return dict(TRIAL_DRIVER_RESOURCES)
+
+
 def _trainable(meta: dict):
     from ray import tune
 
+    spec = get_method(meta["method"])
     return tune.with_resources(
         tune.with_parameters(_trial, method=meta["method"], base=meta["base"], parent_run_id=meta["parent_run_id"],
                              sweep_name=meta["sweep_name"], env=meta["env"]),
-        TRIAL_DRIVER_RESOURCES)
+        trial_resources(build_config(spec.config_cls, meta["base"])))
 
 
 def _write_meta(path: str, meta: dict) -> None:

@@ -64,11 +64,37 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class ShardLoader:
-    """Batches of one Ray Data shard: exactly ``steps`` per epoch, identical count on every rank."""
+def is_training_split(name: str) -> bool:
+    """The splits a method trains on (``train``, ``*_train``): Ray Train splits these among workers as streams."""
+    return name == "train" or name.endswith("_train")
 
-    def __init__(self, shard, batch_size: int, device: torch.device, cache: bool, seed: int):
+
+def dataset_config(datasets: dict, cache_in_memory: bool):
+    """Ray Train's data config for one run. Every ``streaming_split`` costs a ``SplitCoordinator`` actor (a
+    process that imports Ray Data: seconds of start-up per split per run). With the default in-memory cache a
+    worker pulls its rows once anyway, so only the training splits are split; evaluation splits reach every
+    worker whole (``Dataset.iterator()``, no actor), in a preserved order, and each rank keeps its own
+    contiguous part of the rows (:class:`ShardLoader`). Streaming runs split every split as before."""
+    from ray.train import DataConfig
+
+    if not cache_in_memory:
+        return DataConfig()
+    for name, ds in datasets.items():
+        if not is_training_split(name):
+            ds.context.execution_options.preserve_order = True  # every rank must see the same row order
+    return DataConfig(datasets_to_split=[k for k in datasets if is_training_split(k)])
+
+
+class ShardLoader:
+    """Batches of one Ray Data shard: exactly ``steps`` per epoch, identical count on every rank.
+
+    ``part=(rank, world)``: the shard is a whole (unsplit) dataset and this rank keeps rows
+    ``[rank·n/world, (rank+1)·n/world)`` of it (evaluation splits, see :func:`dataset_config`)."""
+
+    def __init__(self, shard, batch_size: int, device: torch.device, cache: bool, seed: int,
+                 part: tuple[int, int] | None = None):
         self.shard, self.batch_size, self.device, self.cache, self.seed = shard, batch_size, device, cache, seed
+        self.part = part
         self._data: dict[str, torch.Tensor] | None = None
 
     def _materialise(self) -> dict[str, torch.Tensor]:
@@ -79,7 +105,12 @@ class ShardLoader:
                     parts.setdefault(k, []).append(v)
             if not parts:
                 raise RuntimeError("a worker received an empty data shard; use fewer workers or more data")
-            self._data = {k: torch.cat(v).to(self.device) for k, v in parts.items()}
+            data = {k: torch.cat(v) for k, v in parts.items()}
+            if self.part is not None and self.part[1] > 1:
+                rank, world = self.part
+                n = len(next(iter(data.values())))
+                data = {k: v[rank * n // world:(rank + 1) * n // world] for k, v in data.items()}
+            self._data = {k: v.to(self.device) for k, v in data.items()}
         return self._data
 
     def num_rows(self) -> int:
@@ -154,6 +185,26 @@ def _quiet_train_reports() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+class TrialSession:
+    """A training loop run inside a Tune trial's own process (no Ray Train worker group): the trial's datasets
+    in, the last result and Tune's persisted checkpoint out. ``current`` is set by :meth:`run` for the loop."""
+
+    current: "TrialSession | None" = None
+
+    def __init__(self, datasets: dict):
+        self.datasets = datasets
+        self.metrics: dict | None = None
+        self.checkpoint = None
+
+    def run(self, train_loop, loop_config: dict) -> "TrialSession":
+        TrialSession.current = self
+        try:
+            train_loop(loop_config)
+        finally:
+            TrialSession.current = None
+        return self
+
+
 class Worker:
     """Per-worker context handed to each method's loop."""
 
@@ -165,11 +216,18 @@ class Worker:
         self.cfg = config_cls.model_validate(loop_config["cfg"])
         self.run = loop_config["run"]          # driver facts: run id, tracking URI, sizes, steps...
         match_driver_priority(self.run.get("driver_niceness"))
-        ctx = ray.train.get_context()
-        self.rank = ctx.get_world_rank()
-        self.world_size = ctx.get_world_size()
+        # In-trial (a single-CPU-worker sweep trial, see pipelines.run.train): this loop runs in the Tune trial's
+        # own process; results and checkpoints go to Tune, restore reads the trial's checkpoint, and the datasets
+        # are the trial's own (Ray Train's API is not available inside a Tune function).
+        self._trial: TrialSession | None = TrialSession.current if self.run.get("report_to") == "tune" else None
+        if self._trial is not None:
+            self.rank, self.world_size, self.device = 0, 1, torch.device("cpu")
+        else:
+            ctx = ray.train.get_context()
+            self.rank = ctx.get_world_rank()
+            self.world_size = ctx.get_world_size()
+            self.device = ray.train.torch.get_device()
         self.is_chief = self.rank == 0
-        self.device = ray.train.torch.get_device()
         threads = max(1, int(self.cfg.scaling.cpus_per_worker))
         torch.set_num_threads(threads)
         seed_everything(self.cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
@@ -177,6 +235,7 @@ class Worker:
         self.steps_per_epoch: int = self.run["steps_per_epoch"]
         self._mlflow: RunLogger | None = None
         self._t0 = time.perf_counter()
+        self._t0_unix = time.time()  # the driver's start-up accounting (pipelines.run: startup.*)
         if self.is_chief and self.run.get("mlflow_run_id"):
             import mlflow
 
@@ -188,16 +247,20 @@ class Worker:
     def loader(self, name: str, batch_size: int | None = None) -> ShardLoader:
         import ray.train
 
-        shard = ray.train.get_dataset_shard(name)
+        shard = self._trial.datasets.get(name) if self._trial is not None else ray.train.get_dataset_shard(name)
         if shard is None:
             raise KeyError(f"dataset {name!r} was not passed to the trainer")
-        return ShardLoader(shard, batch_size or self.local_batch, self.device,
-                           cache=self.run.get("cache_in_memory", True), seed=self.cfg.seed * 7919 + self.rank)
+        cache = self.run.get("cache_in_memory", True)
+        whole = cache and not is_training_split(name)  # see dataset_config: not split among workers
+        return ShardLoader(shard, batch_size or self.local_batch, self.device, cache=cache,
+                           seed=self.cfg.seed * 7919 + self.rank, part=(self.rank, self.world_size) if whole else None)
 
     # -- model --------------------------------------------------------------------------------
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 
+        if self._trial is not None:  # in-trial: one process, no DDP
+            return model.to(self.device)
         return ray.train.torch.prepare_model(model)
 
     def autocast(self):
@@ -208,7 +271,12 @@ class Worker:
     def restore(self) -> dict | None:
         import ray.train
 
-        ckpt = ray.train.get_checkpoint()
+        if self._trial is not None:
+            import ray.tune
+
+            ckpt = ray.tune.get_checkpoint()
+        else:
+            ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
@@ -244,12 +312,21 @@ class Worker:
         metrics["epoch"] = float(epoch)
         metrics["time_s"] = time.perf_counter() - self._t0
         self.log_metrics(metrics, step=epoch)
-        if self.is_chief:
+        # when this worker's loop started and this report was made: the driver's start-up accounting
+        result = {**metrics, "worker_started_unix": self._t0_unix, "reported_unix": time.time()}
+        if self._trial is not None:  # in-trial: Tune persists the checkpoint and sees the result (ASHA may stop here)
+            import ray.tune
+
             with tempfile.TemporaryDirectory() as d:
                 torch.save({**state, "epoch": epoch}, Path(d) / "state.pt")
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
+                ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
+            self._trial.metrics, self._trial.checkpoint = result, ray.tune.get_checkpoint()
+        elif self.is_chief:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({**state, "epoch": epoch}, Path(d) / "state.pt")
+                ray.train.report(result, checkpoint=Checkpoint.from_directory(d))
         else:
-            ray.train.report(metrics, checkpoint=None)
+            ray.train.report(result, checkpoint=None)
 
     # -- MLflow (rank 0 only) -------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
