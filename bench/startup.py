@@ -48,6 +48,14 @@ def _env(root: Path, code: Path | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}", TRAINLAB_STORAGE=str(root / "runs"),
                TRAINLAB_CACHE=str(root / "cache"), RAY_USAGE_STATS_ENABLED="0")
+    # one token for the bench's heads and runs (token auth on, as on a cluster), never the user's ~/.ray one
+    token = root.parent / "auth_token"
+    if not token.exists():
+        import secrets
+
+        token.write_text(secrets.token_hex(32))
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     if code is not None:
         env["PYTHONPATH"] = str(code) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

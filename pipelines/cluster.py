@@ -63,9 +63,10 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> dict:
                 raise
             # Ray reports a token the head refuses as a failure to connect (after its retries), like a head that
             # is down: say both, and how to get the right token.
-            token = "" if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" else (
-                " or it refused this process's auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
-                "the head's is printed by `ray get-auth-token` there)")
+            token = (" or it refused this process's auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
+                     "the head's is printed by `ray get-auth-token` there)")
+            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                token += "; if the head uses token auth, also set RAY_AUTH_MODE=token"
             raise ClusterAuthError(f"RAY_ADDRESS: could not connect to the Ray cluster at {address}: no head is "
                                    f"running there{token}") from None
     _quiet_ray_data()
