@@ -58,7 +58,7 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> dict:
                          configure_logging=True, logging_level=logging.WARNING)
         except AuthenticationError as e:
             raise _auth_error(e, address) from None
-        except ConnectionError as e:
+        except ConnectionError:
             if not address:
                 raise
             # Ray reports a token the head refuses as a failure to connect (after its retries), like a head that
