@@ -101,22 +101,30 @@ def preflight(spec: MethodSpec, cfg: BaseRunConfig, concurrent: int = 1):
     return bundle
 
 
-def _train_in_trial(spec, method, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri) -> RunResult:
-    from trainers.common.worker import TrialSession
-
-    run_facts["report_to"] = "tune"
+def _fit_logged(fit, run_id: str, marks: dict[str, float]):
+    """``fit()`` (a TorchTrainer's, or an in-trial loop's: both return ``.metrics`` and ``.checkpoint``), with the
+    MLflow run closed if it raises; returns the result, its metrics and the start-up timing (logged to the run)."""
     marks["trainer"] = time.time()
     try:
-        session = TrialSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts})
+        result = fit()
     except BaseException as e:  # noqa: BLE001 - the MLflow run must not be left RUNNING (ASHA's stop: SystemExit)
         tracking.end_run(run_id, "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED",
                          {"error": f"{type(e).__name__}: {str(e)[:500]}"})
         raise
     marks["fit"] = time.time()
-    metrics = dict(session.metrics or {})
+    metrics = dict(result.metrics or {})
     timing = startup_timing(marks, metrics)
     if timing:
         tracking.log_metrics(run_id, timing)
+    return result, metrics, timing
+
+
+def _train_in_trial(spec, method, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri) -> RunResult:
+    from trainers.common.worker import TrialSession
+
+    run_facts["report_to"] = "tune"
+    session, metrics, timing = _fit_logged(
+        lambda: TrialSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts}), run_id, marks)
     ckpt = session.checkpoint.path if session.checkpoint else None
     storage = str(Path(ckpt).parent) if ckpt else ""
     tracking.end_run(run_id, "FINISHED", {"checkpoint": ckpt or "", "ray_storage": storage})
@@ -213,18 +221,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         datasets=bundle.datasets,
         dataset_config=dataset_config(bundle.datasets, run_facts["cache_in_memory"]),
     )
-    marks["trainer"] = time.time()
-    try:
-        result = trainer.fit()
-    except BaseException as e:  # noqa: BLE001 - the MLflow run must not be left RUNNING
-        tracking.end_run(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
-                         {"error": f"{type(e).__name__}: {str(e)[:500]}"})
-        raise
-    marks["fit"] = time.time()
-    metrics = dict(result.metrics or {})
-    timing = startup_timing(marks, metrics)
-    if timing:
-        tracking.log_metrics(run_id, timing)
+    result, metrics, timing = _fit_logged(trainer.fit, run_id, marks)
     ckpt = result.checkpoint.path if result.checkpoint else None
     tracking.end_run(run_id, "FINISHED", {"checkpoint": ckpt or "", "ray_storage": f"{storage}/{run_name}"})
     return RunResult(method, run_name, run_id, experiment, uri, metrics, ckpt, f"{storage}/{run_name}", cfg_dict,
