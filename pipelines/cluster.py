@@ -26,9 +26,9 @@ class ClusterAuthError(ValueError):
 
 def _auth_error(e: Exception, address: str | None) -> ClusterAuthError:
     where = f"the cluster at {address}" if address else "a local Ray instance"
-    if "invalid or incorrect" in str(e):
+    if "invalid or incorrect" in str(e) or ("missing or incorrect" in str(e) and _token_present()):
         return ClusterAuthError(
-            f"RAY_AUTH_TOKEN: {where} refused this token; use the cluster's own (`ray get-auth-token` on its head, "
+            f"RAY_AUTH_TOKEN: {where} refused this process's auth token; use the cluster's own (`ray get-auth-token` on its head, "
             "then RAY_AUTH_TOKEN=... or a file named by RAY_AUTH_TOKEN_PATH)")
     return ClusterAuthError(
         f"RAY_AUTH_MODE=token but no Ray auth token was found (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or "
@@ -49,6 +49,7 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> dict:
         address = address or os.environ.get("RAY_ADDRESS")
         try:
             if address:
+                _probe_token(address)
                 ray.init(address=address, log_to_driver=True)
             else:
                 _refuse_a_second_local_instance()
@@ -71,6 +72,45 @@ def init_ray(num_cpus: int | None = None, address: str | None = None) -> dict:
                                    f"running there{token}") from None
     _quiet_ray_data()
     return dict(ray.cluster_resources())
+
+
+def _probe_token(address: str, wait_s: float = 5.0) -> None:
+    """One GCS handshake before ``ray.init``: a head that refuses this process's token says so at once here,
+    whereas ``ray.init`` retries the handshake for ~20 s and then reports a failure to connect. Only for a
+    plain ``host:port`` (not ``auto`` or ``ray://``). The handshake runs in a thread and is waited on for
+    ``wait_s``: a head that is down or slow (whose handshake times out after ~40 s) is left to ``ray.init``."""
+    import threading
+
+    from ray.exceptions import AuthenticationError
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return
+    # only with a token in hand: without one ray.init says so itself (and Ray's C++ client aborts the process)
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" or not _token_present():
+        return
+    refused: list[Exception] = []
+
+    def handshake():
+        try:
+            from ray._raylet import GcsClient  # Ray's own client: ray.init's first step makes one the same way
+
+            GcsClient(address=address)
+        except AuthenticationError as e:
+            refused.append(e)
+        except Exception:  # noqa: BLE001 - unreachable, timed out: ray.init decides and reports
+            pass
+
+    t = threading.Thread(target=handshake, name="trainlab-token-probe", daemon=True)
+    t.start()
+    t.join(wait_s)
+    if refused:
+        raise refused[0]
+
+
+def _token_present() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or (os.path.isfile(path) and os.path.getsize(path) > 0)
 
 
 def _refuse_a_second_local_instance() -> None:
