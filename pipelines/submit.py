@@ -102,6 +102,9 @@ def client(address: str):
         raise SubmitError(f"--address: cannot use the Ray job API at {address} ({redact(msg)}); {hint}") from None
 
 
+AGENT_WAIT_S = 60.0  # how long a submission waits for the head's job agent to become available
+
+
 def entrypoint(args: list[str]) -> str:
     return shlex.join(["python", "-m", "pipelines.cli", *args])
 
@@ -111,11 +114,19 @@ def submit(address: str, args: list[str], working_dir: str, env: dict[str, str],
     """Submit ``trainlab <args>`` as a job; with ``wait``, stream its logs until it ends."""
     c = client(address)
     runtime_env = {"working_dir": str(Path(working_dir).resolve()), "excludes": EXCLUDES, "env_vars": env}
-    try:
-        job_id = c.submit_job(entrypoint=entrypoint(args), runtime_env=runtime_env,
-                              metadata={"trainlab": " ".join(args[:2])})
-    except Exception as e:  # noqa: BLE001 - e.g. the working dir is over Ray's upload limit
-        raise SubmitError(f"submission to {address} refused: {redact(str(e))}") from None
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = c.submit_job(entrypoint=entrypoint(args), runtime_env=runtime_env,
+                                  metadata={"trainlab": " ".join(args[:2])})
+            break
+        except Exception as e:  # noqa: BLE001 - e.g. the working dir is over Ray's upload limit
+            # The head answers 500 "No available agent to submit job, please try again later" while its
+            # dashboard agent (re)registers, e.g. just after a node starts or when the agent is busy: transient.
+            if "No available agent" in str(e) and time.monotonic() < deadline:
+                time.sleep(1.0)
+                continue
+            raise SubmitError(f"submission to {address} refused: {redact(str(e))}") from None
     echo(f"submitted job {job_id} to {address}")
     if not wait:
         return SubmitResult(job_id, str(c.get_job_status(job_id)).split(".")[-1], address)
