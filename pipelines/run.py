@@ -77,13 +77,20 @@ def unique_run_name(method: str) -> str:
 
 def resource_request(cfg: BaseRunConfig) -> ResourceRequest:
     s = cfg.scaling
-    return ResourceRequest(s.num_workers, s.cpus_per_worker, s.use_gpu, s.data_cpus)
+    # local mode: the driver trains (its own CPU and GPU, not the cluster's); Ray Data still needs its CPUs
+    return ResourceRequest(s.num_workers, s.cpus_per_worker, s.use_gpu and not s.local, s.data_cpus)
 
 
 def preflight(spec: MethodSpec, cfg: BaseRunConfig, concurrent: int = 1):
     """All checks that need no worker: resources, tracking store, data. Returns the DataBundle."""
     resources = init_ray()
     check_resources(resource_request(cfg), concurrent=concurrent, resources=resources)
+    if cfg.scaling.local and cfg.scaling.use_gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("scaling.use_gpu: local mode (scaling.num_workers=0) trains in this process, and this "
+                              "machine has no CUDA GPU; allowed: use_gpu=false, or num_workers >= 1 on a GPU cluster")
     tracking.check_tracking(tracking.tracking_uri())
     bundle = spec.build_data(cfg)
     if spec.check is not None:
@@ -95,20 +102,30 @@ def preflight(spec: MethodSpec, cfg: BaseRunConfig, concurrent: int = 1):
     if cfg.train.batch_size > n:
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is larger than the {spec.train_split} "
                           f"split ({n} rows); allowed: 2..{n}")
-    if n // cfg.scaling.num_workers < cfg.train.batch_size // cfg.scaling.num_workers:
+    w = cfg.scaling.world_size
+    if n // w < cfg.train.batch_size // w:
         raise ConfigError(f"scaling.num_workers: {cfg.scaling.num_workers} workers leave fewer rows per worker "
                           f"than one per-worker batch; allowed: num_workers <= {max(1, n // cfg.train.batch_size)}")
     return bundle
 
 
-def _fit_logged(fit, run_id: str, marks: dict[str, float]):
+def _fit_logged(fit, run_id: str, marks: dict[str, float], in_trial: bool = False):
     """``fit()`` (a TorchTrainer's, or an in-trial loop's: both return ``.metrics`` and ``.checkpoint``), with the
-    MLflow run closed if it raises; returns the result, its metrics and the start-up timing (logged to the run)."""
+    MLflow run closed if it raises; returns the result, its metrics and the start-up timing (logged to the run).
+
+    In a sweep trial, Tune stops a trial (ASHA, or the sweep being interrupted) with ``sys.exit`` in the trial's
+    thread, possibly after the sweep's driver has already closed the trial's run with Tune's verdict
+    (``tuning.sweep._close_children``: FINISHED, ``tune_early_stopped``): that verdict is final, so a stopped trial
+    leaves its run's status alone instead of overwriting it with KILLED."""
     marks["trainer"] = time.time()
     try:
         result = fit()
-    except BaseException as e:  # noqa: BLE001 - the MLflow run must not be left RUNNING (ASHA's stop: SystemExit)
-        tracking.end_run(run_id, "KILLED" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "FAILED",
+    except SystemExit:
+        if not in_trial:
+            tracking.end_run(run_id, "KILLED", {"error": "SystemExit"})
+        raise
+    except BaseException as e:  # noqa: BLE001 - the MLflow run must not be left RUNNING
+        tracking.end_run(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED",
                          {"error": f"{type(e).__name__}: {str(e)[:500]}"})
         raise
     marks["fit"] = time.time()
@@ -124,16 +141,44 @@ def _train_in_trial(spec, method, cfg_dict, run_facts, bundle, marks, run_name, 
 
     run_facts["report_to"] = "tune"
     session, metrics, timing = _fit_logged(
-        lambda: TrialSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts}), run_id, marks)
+        lambda: TrialSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts}), run_id, marks,
+        in_trial=True)
     ckpt = session.checkpoint.path if session.checkpoint else None
     storage = str(Path(ckpt).parent) if ckpt else ""
     tracking.end_run(run_id, "FINISHED", {"checkpoint": ckpt or "", "ray_storage": storage})
     return RunResult(method, run_name, run_id, experiment, uri, metrics, ckpt, storage, cfg_dict, timing)
 
 
+def _train_local(spec, method, cfg, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri,
+                 run_dir: str) -> RunResult:
+    """Local mode (``scaling.num_workers=0``): the loop runs in this process (``trainers.common.worker.LocalSession``),
+    no controller or worker actors; checkpoints under ``run_dir``, where a rerun of the run name finds them."""
+    from trainers.common.worker import LocalSession, local_facts
+
+    run_facts.update(local_facts(run_dir, cfg.train.checkpoints_to_keep, spec.checkpoint_score))
+    threads = _torch_threads()
+    try:
+        session, metrics, timing = _fit_logged(
+            lambda: LocalSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts}), run_id,
+            marks)
+    finally:
+        _torch_threads(threads)  # the loop set its worker's thread count in this process
+    ckpt = session.checkpoint.path if session.checkpoint else None
+    tracking.end_run(run_id, "FINISHED", {"checkpoint": ckpt or "", "ray_storage": run_dir})
+    return RunResult(method, run_name, run_id, experiment, uri, metrics, ckpt, run_dir, cfg_dict, timing)
+
+
+def _torch_threads(n: int | None = None) -> int:
+    import torch
+
+    if n is not None:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
 def runs_in_trial(cfg: BaseRunConfig) -> bool:
     """Whether a sweep trial of ``cfg`` runs its training loop in the trial's own process (see ``train``)."""
-    return cfg.scaling.num_workers == 1 and not cfg.scaling.use_gpu
+    return cfg.scaling.num_workers <= 1 and not cfg.scaling.use_gpu
 
 
 def _train_controller_env() -> None:
@@ -206,6 +251,9 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
     s = cfg.scaling
     if in_trial and runs_in_trial(cfg):
         return _train_in_trial(spec, method, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri)
+    if s.local:
+        return _train_local(spec, method, cfg, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri,
+                            f"{storage}/{run_name}")
     trainer = TorchTrainer(
         spec.train_loop,
         train_loop_config={"cfg": cfg_dict, "run": run_facts},
@@ -221,7 +269,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         datasets=bundle.datasets,
         dataset_config=dataset_config(bundle.datasets, run_facts["cache_in_memory"]),
     )
-    result, metrics, timing = _fit_logged(trainer.fit, run_id, marks)
+    result, metrics, timing = _fit_logged(trainer.fit, run_id, marks, in_trial=in_trial)
     ckpt = result.checkpoint.path if result.checkpoint else None
     tracking.end_run(run_id, "FINISHED", {"checkpoint": ckpt or "", "ray_storage": f"{storage}/{run_name}"})
     return RunResult(method, run_name, run_id, experiment, uri, metrics, ckpt, f"{storage}/{run_name}", cfg_dict,

@@ -46,7 +46,7 @@ BAD = [
     (["method.layers_unlabelled=[]"], "method.layers_unlabelled", "at least 1"),
     (["method.lamda3=1"], "method.lamda3", "unknown key"),
     (["method.variant=supervised", "method.lambda2=0"], "method.lambda2", "must be > 0"),
-    (["scaling.num_workers=0"], "scaling.num_workers", ">= 1"),
+    (["scaling.num_workers=-1"], "scaling.num_workers", ">= 0"),
     (["scaling.num_workers=3", "train.batch_size=64"], "train.batch_size", "multiple of scaling.num_workers"),
     (["scaling.cpus_per_worker=0"], "scaling.cpus_per_worker", "greater than 0"),
     (["scaling.data_cpus=0"], "scaling.data_cpus", ">= 0.25"),

@@ -37,10 +37,22 @@ class TrainSection(Section):
 
 
 class ScalingSection(Section):
-    num_workers: int = Field(1, ge=1, le=1024, description="Ray Train data-parallel workers")
+    num_workers: int = Field(1, ge=0, le=1024, description=(
+        "Ray Train data-parallel workers; 0 = Ray Train's local mode: the loop runs in the driver process "
+        "(no worker actors, no restart on failure; checkpoints still kept, a rerun of the run name resumes)"))
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0, le=256)
     data_cpus: float = Field(1.0, ge=0.25, le=256, description="CPUs kept free for Ray Data tasks")
+
+    @property
+    def local(self) -> bool:
+        """Ray Train's local mode (``ScalingConfig(num_workers=0)``): one process, the driver's."""
+        return self.num_workers == 0
+
+    @property
+    def world_size(self) -> int:
+        """How many processes train: the workers, or the driver alone in local mode."""
+        return max(1, self.num_workers)
 
 
 class TrackingSection(Section):
@@ -76,7 +88,7 @@ class BaseRunConfig(Section):
 
     @model_validator(mode="after")
     def _batch_divides_over_workers(self):
-        n, b = self.scaling.num_workers, self.train.batch_size
+        n, b = self.scaling.world_size, self.train.batch_size
         if b % n or b // n < 2:
             raise ValueError(
                 f"train.batch_size ({b}) must be a multiple of scaling.num_workers ({n}) with at least "

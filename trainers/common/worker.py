@@ -186,8 +186,13 @@ def _quiet_train_reports() -> None:
 
 
 class TrialSession:
-    """A training loop run inside a Tune trial's own process (no Ray Train worker group): the trial's datasets
-    in, the last result and Tune's persisted checkpoint out. ``current`` is set by :meth:`run` for the loop."""
+    """A training loop run in this process instead of on Ray Train workers, with the datasets in and the last
+    result and checkpoint out: inside a Tune trial's own process (run facts ``report_to="tune"``: results and
+    checkpoints go to Tune), or in local mode (``report_to="local"``, ``scaling.num_workers=0``: the driver
+    trains; checkpoints go under the run's storage, see :mod:`trainers.common.checkpoints`). Ray Train's own
+    local mode (``ScalingConfig(num_workers=0)``) keeps no checkpoint and refuses ``ray.train.report`` inside a
+    Tune trial (where a method may train a helper model, e.g. shift_explainer's classifier), hence this.
+    ``current`` is set by :meth:`run` for the loop (and restored after: sessions nest)."""
 
     current: "TrialSession | None" = None
 
@@ -197,12 +202,21 @@ class TrialSession:
         self.checkpoint = None
 
     def run(self, train_loop, loop_config: dict) -> "TrialSession":
-        TrialSession.current = self
+        outer, TrialSession.current = TrialSession.current, self
         try:
             train_loop(loop_config)
         finally:
-            TrialSession.current = None
+            TrialSession.current = outer
         return self
+
+
+LocalSession = TrialSession  # the same mechanism; the run facts' report_to says where results go
+
+
+def local_facts(run_dir: str, keep: int, score=None) -> dict:
+    """Run facts of a local-mode loop: it reports to its LocalSession and keeps its checkpoints in ``run_dir``."""
+    return {"report_to": "local", "local_checkpoints": {"dir": run_dir, "keep": keep,
+                                                        "score": list(score) if score else None}}
 
 
 class Worker:
@@ -220,8 +234,21 @@ class Worker:
         # own process; results and checkpoints go to Tune, restore reads the trial's checkpoint, and the datasets
         # are the trial's own (Ray Train's API is not available inside a Tune function).
         self._trial: TrialSession | None = TrialSession.current if self.run.get("report_to") == "tune" else None
+        # Local mode (scaling.num_workers=0): this loop runs in the driver (a LocalSession); its checkpoints are
+        # written under the run's storage here (trainers.common.checkpoints).
+        self._local = None
+        self._session = self._trial
+        if self.run.get("report_to") == "local":
+            from trainers.common.checkpoints import RunCheckpoints
+
+            lc = self.run["local_checkpoints"]
+            self._local = RunCheckpoints(lc["dir"], lc["keep"], lc.get("score"))
+            self._session = LocalSession.current
         if self._trial is not None:
             self.rank, self.world_size, self.device = 0, 1, torch.device("cpu")
+        elif self._local is not None:  # the driver's own devices: a GPU only when asked for
+            self.rank, self.world_size = 0, 1
+            self.device = torch.device("cuda", 0) if self.cfg.scaling.use_gpu else torch.device("cpu")
         else:
             ctx = ray.train.get_context()
             self.rank = ctx.get_world_rank()
@@ -247,7 +274,7 @@ class Worker:
     def loader(self, name: str, batch_size: int | None = None) -> ShardLoader:
         import ray.train
 
-        shard = self._trial.datasets.get(name) if self._trial is not None else ray.train.get_dataset_shard(name)
+        shard = self._session.datasets.get(name) if self._session is not None else ray.train.get_dataset_shard(name)
         if shard is None:
             raise KeyError(f"dataset {name!r} was not passed to the trainer")
         cache = self.run.get("cache_in_memory", True)
@@ -259,7 +286,7 @@ class Worker:
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 
-        if self._trial is not None:  # in-trial: one process, no DDP
+        if self._trial is not None or self._local is not None:  # one process, no DDP
             return model.to(self.device)
         return ray.train.torch.prepare_model(model)
 
@@ -275,6 +302,8 @@ class Worker:
             import ray.tune
 
             ckpt = ray.tune.get_checkpoint()
+        elif self._local is not None:
+            ckpt = self._local.latest()
         else:
             ckpt = ray.train.get_checkpoint()
         if ckpt is None:
@@ -321,6 +350,11 @@ class Worker:
                 torch.save({**state, "epoch": epoch}, Path(d) / "state.pt")
                 ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
             self._trial.metrics, self._trial.checkpoint = result, ray.tune.get_checkpoint()
+        elif self._local is not None:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({**state, "epoch": epoch}, Path(d) / "state.pt")
+                ckpt = self._local.save(d, epoch, metrics)
+            self._session.metrics, self._session.checkpoint = result, ckpt
         elif self.is_chief:
             with tempfile.TemporaryDirectory() as d:
                 torch.save({**state, "epoch": epoch}, Path(d) / "state.pt")

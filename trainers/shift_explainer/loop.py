@@ -119,18 +119,29 @@ def train_classifier(cfg: ShiftExplainerConfig, bundle) -> torch.nn.Module:
     from trainers.common.worker import dataset_config
 
     s = cfg.scaling
+    name = unique_run_name("shift_explainer-classifier")
+    facts = _run_facts(cfg, bundle, "d1_train")
+    datasets = {k: bundle.datasets[k] for k in ("d1_train", "d1_val")}
+    if s.local:  # local mode: in this process (also inside a sweep trial's own process)
+        from trainers.common.worker import LocalSession, local_facts
+
+        facts.update(local_facts(f"{storage_root()}/{name}", 1, None))
+        session = LocalSession(datasets).run(classifier_loop_per_worker,
+                                             {"cfg": cfg.model_dump(mode="json"), "run": facts})
+        return _classifier_from(cfg, bundle, session.checkpoint)
     trainer = TorchTrainer(
         classifier_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run": _run_facts(cfg, bundle, "d1_train")},
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run": facts},
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
-        run_config=RunConfig(name=unique_run_name("shift_explainer-classifier"), storage_path=storage_root(),
+        run_config=RunConfig(name=name, storage_path=storage_root(),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
-        datasets={k: bundle.datasets[k] for k in ("d1_train", "d1_val")},
-        dataset_config=dataset_config({k: bundle.datasets[k] for k in ("d1_train", "d1_val")},
-                                      getattr(cfg.data, "cache_in_memory", True)))
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as d:
+        datasets=datasets, dataset_config=dataset_config(datasets, getattr(cfg.data, "cache_in_memory", True)))
+    return _classifier_from(cfg, bundle, trainer.fit().checkpoint)
+
+
+def _classifier_from(cfg: ShiftExplainerConfig, bundle, checkpoint) -> torch.nn.Module:
+    with checkpoint.as_directory() as d:
         state = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
     model = build_classifier(cfg, bundle.input_shape, bundle.num_classes)
     model.load_state_dict(state["classifier"])
