@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,7 +89,7 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         for _ in range(240):
             try:
                 with urllib.request.urlopen(self.uri + "/health", timeout=1) as r:
@@ -99,8 +100,13 @@ class MlflowServer:
         raise RuntimeError("mlflow server did not start")
 
     def stop(self) -> None:
+        """Down at once, as in an outage: SIGKILL to the server and its uvicorn worker (a graceful stop waits
+        ~5 s for connections to drain; sqlite's journal keeps the store consistent either way)."""
         if self.proc:
-            self.proc.terminate()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait(30)
             self.proc = None
 

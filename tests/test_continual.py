@@ -483,7 +483,8 @@ def _metric_history(client, run_id, key):
 def test_quick_run_logs_the_accuracy_matrix_and_does_not_forget(ray_session, workdir):
     from conftest import mlflow_client
 
-    res = CliRunner().invoke(app, ["run", "continual", "--quick"])
+    # local mode (Ray Train's num_workers=0): Ray Train's workers are the 2-worker and SIGKILL tests'
+    res = CliRunner().invoke(app, ["run", "continual", "--quick", "--num-workers", "0"])
     assert res.exit_code == 0, res.output
     (run,) = mlflow_runs("trainlab/continual")
     assert run.info.status == "FINISHED" and run.data.tags["variant"] == "method"

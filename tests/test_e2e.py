@@ -82,7 +82,8 @@ def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
     assert len({c.info.run_name for c in children}) == 3          # unique run names
-    assert all(c.info.status == "FINISHED" for c in children)       # ASHA-stopped trials are closed too
+    assert all(c.info.status == "FINISHED" for c in children), [  # ASHA-stopped trials are closed too
+        (c.info.status, c.data.tags.get("tune_early_stopped"), c.data.tags.get("error")) for c in children]
     assert all(c.data.tags.get("sweep") == parent.data.tags["sweep"] for c in children)
     best = max(c.data.metrics["target_val_acc"] for c in children)
     assert parent.data.metrics["best_target_val_acc"] == pytest.approx(best)
@@ -190,7 +191,8 @@ def test_completion_threshold_and_recommendations(ray_session, workdir, sets, st
     """S108: stop when the losses reach the threshold; otherwise recommend more data / new parameters."""
     from pipelines.run import load_config, train
 
-    cfg = load_config("decorrelation", quick=True, sets=sets + ["train.epochs=2", "tracking.log_model=false"])
+    cfg = load_config("decorrelation", quick=True, sets=sets + ["train.epochs=2", "tracking.log_model=false",
+                                                                "scaling.num_workers=0"])  # local mode
     res = train("decorrelation", cfg)
     run = _client().get_run(res.run_id)
     assert run.data.tags["stop_reason"] == stop_reason
@@ -202,7 +204,8 @@ def test_user_stop_file_ends_the_run_after_the_current_epoch(ray_session, workdi
     """The patent's end button: ``touch <storage>/<run name>/STOP``."""
     from pipelines.run import load_config, storage_root, train
 
-    cfg = load_config("decorrelation", quick=True, sets=["train.epochs=3", "tracking.log_model=false"])
+    cfg = load_config("decorrelation", quick=True, sets=["train.epochs=3", "tracking.log_model=false",
+                                                         "scaling.num_workers=0"])  # local mode
     stop = workdir / "runs" / "stopped-run" / "STOP"
     stop.parent.mkdir(parents=True)
     stop.touch()

@@ -166,7 +166,8 @@ def test_pruned_fraction_grows_with_the_delete_weight(ray_session, workdir):
     fractions = []
     for a0 in (0.3, 0.9):
         cfg = load_config("mixture_sparsity", quick=True,
-                          sets=[f"method.weights=[{a0}, {round(1 - a0, 6)}]", "tracking.log_model=false"])
+                          sets=[f"method.weights=[{a0}, {round(1 - a0, 6)}]", "tracking.log_model=false",
+                                "scaling.num_workers=0"])  # local mode: the prior is under test, not Ray Train
         fractions.append(train("mixture_sparsity", cfg).metrics["pruned_fraction"])
     assert fractions[0] < fractions[1], fractions
 
@@ -177,7 +178,7 @@ def test_budget_calibration_retrains_until_the_prior_deletes_the_budget(ray_sess
     pruned model deletes exactly the budget."""
     res = CliRunner().invoke(app, ["run", "mixture_sparsity", "--quick", "--set", "method.budget=0.4",
                                    "--set", "method.calibration_runs=3", "--set", "method.calibration_tolerance=0.1",
-                                   "--set", "tracking.log_model=false"])
+                                   "--set", "tracking.log_model=false", "--num-workers", "0"])  # local mode
     assert res.exit_code == 0, res.output
     runs = _runs()
     (parent,) = [r for r in runs if r.data.tags.get("kind") == "budget_calibration"]

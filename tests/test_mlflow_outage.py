@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 from conftest import MlflowServer, free_port
 
 
-@pytest.fixture
-def server(tmp_path):
-    s = MlflowServer(tmp_path).start()
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One real server for the module (each start costs seconds); tests stop and restart it, and leave it up."""
+    s = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
     yield s
     s.stop()
 

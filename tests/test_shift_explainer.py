@@ -88,7 +88,7 @@ def quick_run(ray_session, tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d / 'mlflow.db'}"
     os.environ["TRAINLAB_STORAGE"] = str(d / "runs")
     try:
-        code, out = _run("run", "shift_explainer", "--quick")
+        code, out = _run("run", "shift_explainer", "--quick", "--num-workers", "0")  # local mode (2 workers: below)
         assert code == 0, out
         runs = mlflow_runs(EXP)
         yield {"dir": d, "out": out, "runs": runs}
@@ -192,7 +192,8 @@ def test_explain_from_the_checkpoint_in_seconds(quick_run, tmp_path):
 @pytest.mark.e2e
 def test_thresholds_that_select_nothing_stop_before_any_run(ray_session, workdir):
     code, out = _run("run", "shift_explainer", "--quick", "--set", "method.selection=threshold",
-                     "--set", "method.tau1=1", "--set", "method.tau2=1000000", "--set", "method.classifier_epochs=1")
+                     "--set", "method.tau1=1", "--set", "method.tau2=1000000", "--set", "method.classifier_epochs=1",
+                     "--num-workers", "0")
     assert code == 2, out
     assert "method.tau2" in out and "span" in out, out
     c = mlflow_client()
@@ -240,7 +241,7 @@ def test_user_classifier_from_an_mlflow_uri_and_a_size_mismatch(ray_session, wor
                                  input_example=np.zeros((2, 3, 16, 16), np.float32))
     uri = f"runs:/{run.info.run_id}/model"
     code, out = _run("run", "shift_explainer", "--quick", "--set", f"method.classifier={uri}",
-                     "--set", "train.epochs=1", "--set", "tracking.log_model=false")
+                     "--set", "train.epochs=1", "--set", "tracking.log_model=false", "--num-workers", "0")
     assert code == 0, out
     m = mlflow_runs(EXP)[0].data.metrics
     with torch.no_grad():
@@ -386,7 +387,8 @@ def test_tiny_sweep_nests_trials_and_reuses_the_classifier(ray_session, workdir)
     (workdir / "space.yaml").write_text(yaml.safe_dump(space))
     code, out = _run("sweep", "shift_explainer", "--quick", "--num-samples", "2", "--max-concurrent", "1",
                      "--scheduler", "fifo", "--space", str(workdir / "space.yaml"), "--set", "train.epochs=1",
-                     "--set", "method.classifier_epochs=2", "--set", "tracking.log_model=false")
+                     "--set", "method.classifier_epochs=2", "--set", "tracking.log_model=false",
+                     "--num-workers", "0")  # trials train in their own process; so does the classifier (local mode)
     assert code == 0, out
     runs = mlflow_runs(EXP)
     (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]

@@ -182,7 +182,9 @@ def _runs():
 
 @pytest.mark.e2e
 def test_quick_run_logs_losses_quality_and_artifacts(ray_session, workdir):
-    res = CliRunner().invoke(app, ["run", "ssd2gan", "--quick"])
+    # local mode (Ray Train's num_workers=0): what this reads back is the method's; Ray Train's worker path is the
+    # 2-worker test's
+    res = CliRunner().invoke(app, ["run", "ssd2gan", "--quick", "--num-workers", "0"])
     assert res.exit_code == 0, res.output
     (run,) = _runs()
     assert run.info.status == "FINISHED" and run.data.tags["variant"] == "V3"
@@ -224,12 +226,14 @@ def test_three_models_train_data_parallel_on_two_workers(ray_session, workdir):
 
 @pytest.mark.e2e
 def test_a_run_resumes_from_its_checkpoint_and_continues_the_step_count(ray_session, workdir):
-    """The checkpoint holds G, Ds, Df and the three optimisers; rerunning the same run name restores it."""
-    from pipelines.run import train
+    """The checkpoint holds G, Ds, Df and the three optimisers; rerunning the same run name restores it. In local
+    mode (scaling.num_workers=0), where trainlab keeps the checkpoints itself (trainers.common.checkpoints)."""
+    from pipelines.run import storage_root, train
 
     cfg = load_config("ssd2gan", quick=True, sets=["train.epochs=2", "tracking.log_model=false",
-                                                   "method.variant=V2"])
+                                                   "method.variant=V2", "scaling.num_workers=0"])
     first = train("ssd2gan", cfg, run_name="gan-resume")
+    assert first.checkpoint == f"{storage_root()}/gan-resume/checkpoint_000002"
     state = torch.load(f"{first.checkpoint}/state.pt", weights_only=False)
     assert {"g", "ds", "df", "opt_g", "opt_ds", "opt_df", "step", "best_g"} <= set(state)
     assert state["step"] == 2 * cfg.method.eval_every
