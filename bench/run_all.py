@@ -1231,12 +1231,15 @@ def render(R: dict, args) -> str:
                        f"| ≤ 0.6, best ≥ FIFO's | {_pf(ok)} (one run each) |")
     if "startup" in R:
         for mode, m in R["startup"]["modes"].items():
-            mu, h = m["after"]["overhead_s"]
             goal = 20 if mode == "cold" else 10
-            summary.append(f"| start-up overhead of one quick run, {mode} (s) | {mu:.1f} ± {h:.1f}"
-                           + (f"; after/before {m['overhead_ratio_after_over_before'][0]:.2f}"
-                              if "overhead_ratio_after_over_before" in m else "")
-                           + f" | ≤ {goal} | {_pf(mu <= goal)} |")
+            for v, what in (("after", "1 Ray Train worker"), ("local", "local mode, --num-workers 0")):
+                if v not in m:
+                    continue
+                mu, h = m[v]["overhead_s"]
+                summary.append(f"| start-up overhead of one quick run, {mode}, {what} (s) | {mu:.1f} ± {h:.1f}"
+                               + (f"; after/before {m['overhead_ratio_after_over_before'][0]:.2f}"
+                                  if v == "after" and "overhead_ratio_after_over_before" in m else "")
+                               + f" | ≤ {goal} | {_pf(mu <= goal)} |")
     if "scaling" in R:
         for label, cs in R["scaling"]["cases"].items():
             for s, v in cs.items():

@@ -7,12 +7,16 @@ version logs; this version also logs its ``startup.*`` phases, see ``pipelines.r
 * ``cold``: no cluster; the run starts its own local Ray instance (``ray.init``) and stops it.
 * ``warm``: against an already running head (``ray start --head``; ``RAY_ADDRESS``), as on a cluster.
 
+Variants: ``after`` (this commit, the default path: one Ray Train worker), ``local`` (this commit with
+``--num-workers 0``: Ray Train's local mode, the loop in the ``trainlab`` process) and, with ``--before REV``,
+``before`` (that commit's default path).
+
 ``--before REV`` runs the same commands on another commit (a git worktree on ``PYTHONPATH``, for the driver and
 for the head's workers) in the same run, alternating before/after run by run (ABBA), so that the ratios
 compare like with like on a shared machine. Each head is started for one variant and stopped before the
 next (never two Ray instances at once).
 
-    python bench/startup.py --repeats 3 --before 453e579        # about 12 min on 2 cores
+    python bench/startup.py --repeats 3 --before 453e579        # about 15 min on 2 cores
     python bench/run_all.py --only startup --before-rev 453e579  # the same, as a section of run_all
 """
 from __future__ import annotations
@@ -79,12 +83,12 @@ def _read_run(root: Path) -> dict:
             "phases": {k.split(".", 1)[1]: v for k, v in m.items() if k.startswith("startup.")}}
 
 
-def one_run(root: Path, code: Path | None, address: str | None) -> dict:
+def one_run(root: Path, code: Path | None, address: str | None, extra: tuple[str, ...] = ()) -> dict:
     env = _env(root, code)
     if address:
         env["RAY_ADDRESS"] = address
     t0 = time.perf_counter()
-    r = subprocess.run([_trainlab(), *RUN], env=env, cwd=root, capture_output=True, text=True, timeout=900)
+    r = subprocess.run([_trainlab(), *RUN, *extra], env=env, cwd=root, capture_output=True, text=True, timeout=900)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"trainlab {' '.join(RUN)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
@@ -125,7 +129,8 @@ def _worktree(rev: str, where: Path) -> Path:
 def startup_section(repeats: int = 3, before: str | None = None, modes=("cold", "warm")) -> dict:
     """Alternating after/before runs (ABBA per repeat) in each mode; ratios after/before of the overhead."""
     tmp = Path(tempfile.mkdtemp(prefix="trainlab-startup-"))
-    variants: dict[str, Path | None] = {"after": None}
+    variants: dict[str, Path | None] = {"after": None, "local": None}
+    extra = {"local": ("--num-workers", "0")}
     if before:
         variants["before"] = _worktree(before, tmp / "before-code")
     roots = {}
@@ -140,12 +145,13 @@ def startup_section(repeats: int = 3, before: str | None = None, modes=("cold", 
             for i in range(repeats):
                 order = list(variants) if i % 2 == 0 else list(reversed(variants))
                 for v in order:
+                    x = extra.get(v, ())
                     if mode == "cold":
-                        res = one_run(roots[v], variants[v], None)
+                        res = one_run(roots[v], variants[v], None, x)
                     else:
                         with Head(roots[v], variants[v]) as address:
-                            one_run(roots[v], variants[v], address)  # the head's first run warms its workers' caches
-                            res = one_run(roots[v], variants[v], address)
+                            one_run(roots[v], variants[v], address, x)  # the head's first run warms its caches
+                            res = one_run(roots[v], variants[v], address, x)
                     runs[v].append(res)
                     print(f"[startup] {mode} {v} #{i + 1}: wall {res['wall_s']:.1f} s, loop {res['loop_s']:.1f} s, "
                           f"overhead {res['overhead_s']:.1f} s", flush=True)
@@ -158,6 +164,9 @@ def startup_section(repeats: int = 3, before: str | None = None, modes=("cold", 
                 ratios = [a["overhead_s"] / b["overhead_s"] for a, b in zip(runs["after"], runs["before"])]
                 m["overhead_ratio_after_over_before"] = mean_ci(ratios)
                 m["overhead_ratio_runs"] = ratios
+            local = [a["overhead_s"] / b["overhead_s"] for a, b in zip(runs["local"], runs["after"])]
+            m["overhead_ratio_local_over_after"] = mean_ci(local)
+            m["overhead_ratio_local_runs"] = local
             out["modes"][mode] = m
     finally:
         if before:
@@ -175,19 +184,26 @@ def render(res: dict) -> str:
         where = "no cluster: the run starts and stops its own local Ray" if mode == "cold" else \
             "against a running head (RAY_ADDRESS), the head's second run"
         lines += [f"**{mode}** ({where})", "", "| variant | wall s | loop s | overhead s |", "|---|---|---|---|"]
-        for v in ("before", "after"):
+        names = {"before": f"before ({res['before']}), 1 Ray Train worker", "after": "after, 1 Ray Train worker",
+                 "local": "after, `--num-workers 0` (local mode)"}
+        for v in ("before", "after", "local"):
             if v in m:
                 r = m[v]
-                lines.append(f"| {v}{' (' + res['before'] + ')' if v == 'before' else ''} | "
+                lines.append(f"| {names[v]} | "
                              + " | ".join(f"{r[k][0]:.1f} ± {r[k][1]:.1f}" for k in ("wall_s", "loop_s", "overhead_s"))
                              + " |")
         if "overhead_ratio_after_over_before" in m:
             mu, h = m["overhead_ratio_after_over_before"]
             lines += ["", f"overhead after/before: **{mu:.2f} ± {h:.2f}** (paired by repeat: "
                       + ", ".join(f"{x:.2f}" for x in m["overhead_ratio_runs"]) + ")"]
-        ph = m["after"]["phases"]
-        if ph:
-            lines += ["", "after, by phase (s): " + ", ".join(f"{k} {v[0]:.1f}" for k, v in ph.items())]
+        if "overhead_ratio_local_over_after" in m:
+            mu, h = m["overhead_ratio_local_over_after"]
+            lines += ["", f"overhead local mode / Ray Train worker: **{mu:.2f} ± {h:.2f}** (paired by repeat: "
+                      + ", ".join(f"{x:.2f}" for x in m["overhead_ratio_local_runs"]) + ")"]
+        for v in ("after", "local"):
+            ph = m.get(v, {}).get("phases")
+            if ph:
+                lines += ["", f"{v}, by phase (s): " + ", ".join(f"{k} {p[0]:.1f}" for k, p in ph.items())]
         lines.append("")
     return "\n".join(lines)
 
