@@ -267,7 +267,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
                 **({"checkpoint_score_attribute": spec.checkpoint_score[0],
                     "checkpoint_score_order": spec.checkpoint_score[1]} if spec.checkpoint_score else {}))),
         datasets=bundle.datasets,
-        dataset_config=dataset_config(bundle.datasets, run_facts["cache_in_memory"]),
+        dataset_config=dataset_config(bundle.datasets, run_facts["cache_in_memory"], s.num_workers),
     )
     result, metrics, timing = _fit_logged(trainer.fit, run_id, marks, in_trial=in_trial)
     ckpt = result.checkpoint.path if result.checkpoint else None

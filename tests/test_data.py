@@ -527,6 +527,8 @@ def test_eval_splits_reach_every_worker_whole_and_each_rank_keeps_a_disjoint_par
     cfg = dataset_config(datasets, cache_in_memory=True)
     assert sorted(cfg._datasets_to_split) == ["source_train", "target_train", "train"]
     assert dataset_config(datasets, cache_in_memory=False)._datasets_to_split == "all"  # streaming: as before
+    for cache in (True, False):  # one worker: nothing to split, no coordinator at all
+        assert dataset_config(datasets, cache_in_memory=cache, num_workers=1)._datasets_to_split == []
     ds = datasets["source_val"]
     assert ds.context.execution_options.preserve_order
     for world in (1, 2, 3):

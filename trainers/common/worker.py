@@ -69,14 +69,17 @@ def is_training_split(name: str) -> bool:
     return name == "train" or name.endswith("_train")
 
 
-def dataset_config(datasets: dict, cache_in_memory: bool):
+def dataset_config(datasets: dict, cache_in_memory: bool, num_workers: int = 2):
     """Ray Train's data config for one run. Every ``streaming_split`` costs a ``SplitCoordinator`` actor (a
-    process that imports Ray Data: seconds of start-up per split per run). With the default in-memory cache a
+    process that imports Ray Data: seconds of start-up per split per run). One worker has nothing to split
+    with: every split reaches it whole (``Dataset.iterator()``, no actor). With the default in-memory cache a
     worker pulls its rows once anyway, so only the training splits are split; evaluation splits reach every
-    worker whole (``Dataset.iterator()``, no actor), in a preserved order, and each rank keeps its own
-    contiguous part of the rows (:class:`ShardLoader`). Streaming runs split every split as before."""
+    worker whole, in a preserved order, and each rank keeps its own contiguous part of the rows
+    (:class:`ShardLoader`). Streaming runs on several workers split every split as before."""
     from ray.train import DataConfig
 
+    if num_workers <= 1:
+        return DataConfig(datasets_to_split=[])
     if not cache_in_memory:
         return DataConfig()
     for name, ds in datasets.items():
@@ -278,7 +281,7 @@ class Worker:
         if shard is None:
             raise KeyError(f"dataset {name!r} was not passed to the trainer")
         cache = self.run.get("cache_in_memory", True)
-        whole = cache and not is_training_split(name)  # see dataset_config: not split among workers
+        whole = cache and not is_training_split(name) and self.world_size > 1  # see dataset_config: not split
         return ShardLoader(shard, batch_size or self.local_batch, self.device, cache=cache,
                            seed=self.cfg.seed * 7919 + self.rank, part=(self.rank, self.world_size) if whole else None)
 

@@ -136,7 +136,8 @@ def train_classifier(cfg: ShiftExplainerConfig, bundle) -> torch.nn.Module:
                                      resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
         run_config=RunConfig(name=name, storage_path=storage_root(),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
-        datasets=datasets, dataset_config=dataset_config(datasets, getattr(cfg.data, "cache_in_memory", True)))
+        datasets=datasets, dataset_config=dataset_config(datasets, getattr(cfg.data, "cache_in_memory", True),
+                                                         s.num_workers))
     return _classifier_from(cfg, bundle, trainer.fit().checkpoint)
 
 
