@@ -58,8 +58,8 @@ def startup_timing(marks: dict[str, float], metrics: dict) -> dict[str, float]:
 def storage_root() -> str:
     """Where Ray Train/Tune keep checkpoints: ``TRAINLAB_STORAGE`` (cloud/NFS on a cluster) or ./trainlab_runs."""
     root = os.environ.get("TRAINLAB_STORAGE")
-    if root:
-        return root
+    if root:  # absolute (workers and local-mode checkpoints may resolve it elsewhere), no trailing slash
+        return root.rstrip("/") if "://" in root else os.path.abspath(root)
     return str((Path.cwd() / "trainlab_runs").resolve())
 
 
@@ -75,16 +75,22 @@ def unique_run_name(method: str) -> str:
     return f"{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def resource_request(cfg: BaseRunConfig) -> ResourceRequest:
+def resource_request(cfg: BaseRunConfig, for_sweep: bool = False) -> ResourceRequest:
     s = cfg.scaling
-    # local mode: the driver trains (its own CPU and GPU, not the cluster's); Ray Data still needs its CPUs
-    return ResourceRequest(s.num_workers, s.cpus_per_worker, s.use_gpu and not s.local, s.data_cpus)
+    # local mode: the driver trains (its own CPU and GPU, not the cluster's); Ray Data still needs its CPUs. In a
+    # sweep, a trial trains in its own process on the cluster and reserves its worker's CPUs (trial_resources).
+    if s.local and not for_sweep:
+        return ResourceRequest(0, s.cpus_per_worker, False, s.data_cpus)
+    return ResourceRequest(s.world_size, s.cpus_per_worker, s.use_gpu, s.data_cpus)
 
 
-def preflight(spec: MethodSpec, cfg: BaseRunConfig, concurrent: int = 1):
+def preflight(spec: MethodSpec, cfg: BaseRunConfig, concurrent: int = 1, for_sweep: bool = False):
     """All checks that need no worker: resources, tracking store, data. Returns the DataBundle."""
     resources = init_ray()
-    check_resources(resource_request(cfg), concurrent=concurrent, resources=resources)
+    if for_sweep and cfg.scaling.local and cfg.scaling.use_gpu:
+        raise ConfigError("scaling.use_gpu: a sweep's trials train on the cluster, so GPU trials need workers; "
+                          "allowed: --num-workers >= 1 with --gpu (or no --gpu with --num-workers 0)")
+    check_resources(resource_request(cfg, for_sweep), concurrent=concurrent, resources=resources)
     if cfg.scaling.local and cfg.scaling.use_gpu:
         import torch
 
@@ -116,7 +122,8 @@ def _fit_logged(fit, run_id: str, marks: dict[str, float], in_trial: bool = Fals
     In a sweep trial, Tune stops a trial (ASHA, or the sweep being interrupted) with ``sys.exit`` in the trial's
     thread, possibly after the sweep's driver has already closed the trial's run with Tune's verdict
     (``tuning.sweep._close_children``: FINISHED, ``tune_early_stopped``): that verdict is final, so a stopped trial
-    leaves its run's status alone instead of overwriting it with KILLED."""
+    leaves its run's status alone instead of overwriting it with KILLED. (A trial stopped because the sweep was
+    interrupted stays RUNNING until ``trainlab sweep --resume`` supersedes it.)"""
     marks["trainer"] = time.time()
     try:
         result = fit()
@@ -156,24 +163,11 @@ def _train_local(spec, method, cfg, cfg_dict, run_facts, bundle, marks, run_name
     from trainers.common.worker import LocalSession, local_facts
 
     run_facts.update(local_facts(run_dir, cfg.train.checkpoints_to_keep, spec.checkpoint_score))
-    threads = _torch_threads()
-    try:
-        session, metrics, timing = _fit_logged(
-            lambda: LocalSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts}), run_id,
-            marks)
-    finally:
-        _torch_threads(threads)  # the loop set its worker's thread count in this process
+    session, metrics, timing = _fit_logged(
+        lambda: LocalSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts}), run_id, marks)
     ckpt = session.checkpoint.path if session.checkpoint else None
     tracking.end_run(run_id, "FINISHED", {"checkpoint": ckpt or "", "ray_storage": run_dir})
     return RunResult(method, run_name, run_id, experiment, uri, metrics, ckpt, run_dir, cfg_dict, timing)
-
-
-def _torch_threads(n: int | None = None) -> int:
-    import torch
-
-    if n is not None:
-        torch.set_num_threads(n)
-    return torch.get_num_threads()
 
 
 def runs_in_trial(cfg: BaseRunConfig) -> bool:

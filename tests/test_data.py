@@ -524,9 +524,9 @@ def test_eval_splits_reach_every_worker_whole_and_each_rank_keeps_a_disjoint_par
 
     datasets = {"source_train": ray.data.range(10), "target_train": ray.data.range(10),
                 "train": ray.data.range(10), "source_val": shuffled_blocks(), "target_test": shuffled_blocks()}
-    cfg = dataset_config(datasets, cache_in_memory=True)
+    cfg = dataset_config(datasets, cache_in_memory=True, num_workers=2)
     assert sorted(cfg._datasets_to_split) == ["source_train", "target_train", "train"]
-    assert dataset_config(datasets, cache_in_memory=False)._datasets_to_split == "all"  # streaming: as before
+    assert dataset_config(datasets, cache_in_memory=False, num_workers=2)._datasets_to_split == "all"  # as before
     for cache in (True, False):  # one worker: nothing to split, no coordinator at all
         assert dataset_config(datasets, cache_in_memory=cache, num_workers=1)._datasets_to_split == []
     ds = datasets["source_val"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -243,10 +244,14 @@ def test_a_missing_or_wrong_ray_token_is_one_line_saying_what_to_do(ray_session,
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN_PATH", "RAY_AUTH_TOKEN")}
     env.update(token_env, HOME=str(home), RAY_ADDRESS=ray_session.get_runtime_context().gcs_address,
                RAY_AUTH_MODE="token")
+    t = time.monotonic()
     r = subprocess.run(["trainlab", "run", "decorrelation", "--quick"], capture_output=True, text=True, timeout=120,
                        env=env, cwd=workdir)
+    took = time.monotonic() - t
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     err = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and fragment in err[0], r.stderr[-3000:]
+    if "RAY_AUTH_TOKEN" in token_env:  # said by the handshake before ray.init (which retries ~20 s), not after it
+        assert err[0].startswith("error: RAY_AUTH_TOKEN: the cluster at") and took < 15, (took, err[0])
     assert "Traceback" not in r.stderr and not list(home.iterdir())
     assert not _client().search_experiments(filter_string="name LIKE 'trainlab/%'")

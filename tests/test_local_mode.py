@@ -56,13 +56,38 @@ def test_a_uri_storage_root_works_through_pyarrow(tmp_path):
     assert store.latest().path.endswith(f"r3/{PREFIX}000007")
 
 
-def test_local_mode_config():
-    cfg = load_config("decorrelation", quick=True, sets=["scaling.num_workers=0"])
+def test_local_mode_config_and_what_it_asks_of_the_cluster():
+    from pipelines.cluster import check_resources
+
+    cfg = load_config("decorrelation", quick=True, sets=["scaling.num_workers=0", "scaling.use_gpu=true"])
     assert cfg.scaling.local and cfg.scaling.world_size == 1
-    req = resource_request(cfg)                                  # the driver trains: only Ray Data's CPUs
-    assert req.cpus == cfg.scaling.data_cpus and req.gpus == 0
+    req = resource_request(cfg)                      # the driver trains, on its own GPU: only Ray Data's CPUs
+    assert req.cpus == cfg.scaling.data_cpus and not req.use_gpu and req.gpus == 0
+    check_resources(req, resources={"CPU": 1, "GPU": 0})
+    trial = resource_request(cfg, for_sweep=True)    # a sweep trial trains on the cluster: its worker's CPUs too
+    assert trial.cpus == cfg.scaling.cpus_per_worker + cfg.scaling.data_cpus and trial.use_gpu
     with pytest.raises(ConfigError, match="scaling.num_workers"):
         load_config("decorrelation", quick=True, sets=["scaling.num_workers=-1"])
+
+
+def test_sessions_nest_and_give_the_driver_its_threads_back():
+    from trainers.common.worker import LocalSession, TrialSession
+
+    outer, inner, seen = TrialSession({"a": 1}), LocalSession({"b": 2}), []
+    threads = torch.get_num_threads()
+
+    def inner_loop(_):
+        seen.append(TrialSession.current)
+        torch.set_num_threads(1)                     # what a Worker does for cpus_per_worker=1
+
+    def outer_loop(_):
+        seen.append(TrialSession.current)
+        inner.run(inner_loop, {})                    # e.g. shift_explainer's classifier inside a sweep trial
+        seen.append(TrialSession.current)
+
+    outer.run(outer_loop, {})
+    assert seen == [outer, inner, outer] and TrialSession.current is None
+    assert torch.get_num_threads() == threads
 
 
 def test_local_mode_on_a_gpu_it_does_not_have_is_one_line(ray_session, workdir):

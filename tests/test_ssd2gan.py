@@ -225,15 +225,19 @@ def test_three_models_train_data_parallel_on_two_workers(ray_session, workdir):
 
 
 @pytest.mark.e2e
-def test_a_run_resumes_from_its_checkpoint_and_continues_the_step_count(ray_session, workdir):
-    """The checkpoint holds G, Ds, Df and the three optimisers; rerunning the same run name restores it. In local
-    mode (scaling.num_workers=0), where trainlab keeps the checkpoints itself (trainers.common.checkpoints)."""
+@pytest.mark.parametrize("workers", [1, 0])
+def test_a_run_resumes_from_its_checkpoint_and_continues_the_step_count(ray_session, workdir, workers):
+    """The checkpoint holds G, Ds, Df and the three optimisers; rerunning the same run name restores it: on a Ray
+    Train worker (Ray Train's checkpoint manager), and in local mode (scaling.num_workers=0), where trainlab keeps
+    the checkpoints itself (trainers.common.checkpoints)."""
     from pipelines.run import storage_root, train
 
     cfg = load_config("ssd2gan", quick=True, sets=["train.epochs=2", "tracking.log_model=false",
-                                                   "method.variant=V2", "scaling.num_workers=0"])
+                                                   "method.variant=V2", f"scaling.num_workers={workers}"])
     first = train("ssd2gan", cfg, run_name="gan-resume")
-    assert first.checkpoint == f"{storage_root()}/gan-resume/checkpoint_000002"
+    assert first.checkpoint.startswith(f"{storage_root()}/gan-resume/checkpoint_")
+    if workers == 0:
+        assert first.checkpoint.endswith("checkpoint_000002")
     state = torch.load(f"{first.checkpoint}/state.pt", weights_only=False)
     assert {"g", "ds", "df", "opt_g", "opt_ds", "opt_df", "step", "best_g"} <= set(state)
     assert state["step"] == 2 * cfg.method.eval_every
@@ -243,6 +247,8 @@ def test_a_run_resumes_from_its_checkpoint_and_continues_the_step_count(ray_sess
     assert second.metrics["step"] == 3 * cfg.method.eval_every and second.metrics["epoch"] == 3
     hist = mlflow_client().get_metric_history(second.run_id, "loss_g")
     assert sorted(h.step for h in hist) == list(range(2 * cfg.method.eval_every + 1, 3 * cfg.method.eval_every + 1))
+    if workers == 0:  # nothing left to train: the run still ends with the checkpoint it restored
+        assert train("ssd2gan", more, run_name="gan-resume").checkpoint == second.checkpoint
 
 
 @pytest.mark.e2e

@@ -119,7 +119,7 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
         raise ConfigError(f"--search: {search!r}; allowed: random, optuna")
     base = base_cfg.model_dump(mode="json")
     space = to_tune(load_space(space_file) if space_file else spec.search_space, spec.config_cls, base)
-    bundle = preflight(spec, base_cfg, concurrent=max_concurrent)
+    bundle = preflight(spec, base_cfg, concurrent=max_concurrent, for_sweep=True)
     reports = spec.reports(base_cfg, bundle) if spec.reports else base_cfg.train.epochs
     sched = make_scheduler(scheduler, reports, grace_period,
                            "tasks (data.num_tasks)" if spec.reports else "train.epochs")
@@ -221,7 +221,7 @@ def resume(method: str, where: str) -> SweepResult:
         raise ConfigError(f"--resume: {path} has no Ray Tune experiment state to resume")
     spec = get_method(method)
     base_cfg = build_config(spec.config_cls, meta["base"])
-    preflight(spec, base_cfg, concurrent=meta["max_concurrent"])
+    preflight(spec, base_cfg, concurrent=meta["max_concurrent"], for_sweep=True)
     os.environ.update({k: v for k, v in meta["env"].items() if k == "MLFLOW_TRACKING_URI"})
     client = MlflowClient(tracking.tracking_uri())
     parent = meta["parent_run_id"]

@@ -9,7 +9,9 @@ under the run's storage itself, as Ray Train would: ``checkpoint_<step>`` direct
 from __future__ import annotations
 
 import json
+import math
 import os
+import uuid
 from pathlib import Path
 
 PREFIX = "checkpoint_"
@@ -50,15 +52,19 @@ class RunCheckpoints:
         return self._checkpoint(dirs[-1][1]) if dirs else None
 
     def save(self, local_dir: str | Path, step: int, metrics: dict[str, float]):
-        """Copy ``local_dir`` to ``checkpoint_<step>`` (replacing one of that step), prune, return it."""
+        """Copy ``local_dir`` to ``checkpoint_<step>`` (replacing one of that step), prune, return it. The copy goes
+        to a temporary name first (not a step directory: never restored) and is renamed into place, so a process
+        killed mid-copy leaves the previous checkpoints intact."""
         import pyarrow.fs as pafs
 
         (Path(local_dir) / SCORE_FILE).write_text(json.dumps(metrics))
         dest = f"{self.root}/{PREFIX}{step:06d}"
+        tmp = f"{dest}.partial-{uuid.uuid4().hex[:8]}"
+        self.fs.create_dir(tmp, recursive=True)
+        pafs.copy_files(str(local_dir), tmp, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
         if self.fs.get_file_info(dest).type != pafs.FileType.NotFound:
             self.fs.delete_dir(dest)
-        self.fs.create_dir(dest, recursive=True)
-        pafs.copy_files(str(local_dir), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        self.fs.move(tmp, dest)
         self._prune()
         return self._checkpoint(dest)
 
@@ -74,7 +80,7 @@ class RunCheckpoints:
         dirs = [p for _, p in self._step_dirs()]
         keep = set(dirs[-self.keep:])
         if self.score:
-            scored = [(s, p) for p in dirs if (s := self._score(p)) is not None]
+            scored = [(s, p) for p in dirs if (s := self._score(p)) is not None and math.isfinite(s)]
             if scored:
                 best = (max if self.score[1] == "max" else min)(scored)[1]
                 keep.add(best)

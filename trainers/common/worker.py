@@ -69,7 +69,7 @@ def is_training_split(name: str) -> bool:
     return name == "train" or name.endswith("_train")
 
 
-def dataset_config(datasets: dict, cache_in_memory: bool, num_workers: int = 2):
+def dataset_config(datasets: dict, cache_in_memory: bool, num_workers: int):
     """Ray Train's data config for one run. Every ``streaming_split`` costs a ``SplitCoordinator`` actor (a
     process that imports Ray Data: seconds of start-up per split per run). One worker has nothing to split
     with: every split reaches it whole (``Dataset.iterator()``, no actor). With the default in-memory cache a
@@ -205,11 +205,13 @@ class TrialSession:
         self.checkpoint = None
 
     def run(self, train_loop, loop_config: dict) -> "TrialSession":
-        outer, TrialSession.current = TrialSession.current, self
+        # the loop sets its worker's torch thread count (and seeds): in the driver, put the threads back after
+        outer, threads, TrialSession.current = TrialSession.current, torch.get_num_threads(), self
         try:
             train_loop(loop_config)
         finally:
             TrialSession.current = outer
+            torch.set_num_threads(threads)
         return self
 
 
@@ -307,6 +309,8 @@ class Worker:
             ckpt = ray.tune.get_checkpoint()
         elif self._local is not None:
             ckpt = self._local.latest()
+            # a rerun with no epoch left to train still ends with that checkpoint, as Ray Train's does
+            self._session.checkpoint = ckpt
         else:
             ckpt = ray.train.get_checkpoint()
         if ckpt is None:

@@ -170,7 +170,7 @@ def classifier_cache_path(cfg: ShiftExplainerConfig) -> Path:
     key = {"v": CLASSIFIER_CACHE_VERSION, "seed": cfg.seed, "data": cfg.data.model_dump(mode="json"), "files": files,
            "model": [cfg.model.classifier_width, cfg.model.classifier_feature_dim],
            "train": [cfg.method.classifier_epochs, cfg.method.classifier_lr, cfg.train.batch_size,
-                     cfg.scaling.num_workers, cfg.scaling.use_gpu]}
+                     cfg.scaling.world_size, cfg.scaling.use_gpu]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return cache_root() / "classifier_cache" / f"{digest}.pt"
 
