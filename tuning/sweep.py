@@ -128,11 +128,16 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
     parent = tracking.start_run(experiment, sweep_name, base, {
         "method": method, "sweep": sweep_name, "kind": "sweep", "scheduler": scheduler, "search": search,
         "metric": spec.metric, "mode": spec.mode})
-    search_alg = None
     if search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=base_cfg.seed)
+    else:  # seeded like Optuna: the same seed samples the same trials (and two schedulers compare like with like).
+        # Its own max_concurrent: Tune's max_concurrent_trials does not limit a generator passed in (every trial
+        # would start at once and leave Ray Data no CPU).
+        from ray.tune.search import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(random_state=base_cfg.seed, max_concurrent=max_concurrent)
     meta = {"method": method, "sweep_name": sweep_name, "parent_run_id": parent, "experiment": experiment,
             "base": base, "num_samples": num_samples, "max_concurrent": max_concurrent, "reports": reports,
             "env": {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "TRAINLAB_STORAGE": storage_root()}}
@@ -141,8 +146,12 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
     tuner = tune.Tuner(
         _trainable(meta),
         param_space=space,
+        # Trials that train in their own process reuse it for the next trial (Tune's reuse_actors): a new actor costs
+        # a process and its imports (torch, MLflow, the method), seconds per trial on a small machine.
         tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=num_samples,
-                                    scheduler=sched, search_alg=search_alg, max_concurrent_trials=max_concurrent),
+                                    scheduler=sched, search_alg=search_alg,
+                                    max_concurrent_trials=max_concurrent if search == "optuna" else None,
+                                    reuse_actors=runs_in_trial(base_cfg)),
         run_config=tune.RunConfig(name=sweep_name, storage_path=storage_root(), verbose=1),
     )
     return _fit(tuner, meta, path)
