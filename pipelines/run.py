@@ -143,31 +143,23 @@ def _fit_logged(fit, run_id: str, marks: dict[str, float], in_trial: bool = Fals
     return result, metrics, timing
 
 
-def _train_in_trial(spec, method, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri) -> RunResult:
-    from trainers.common.worker import TrialSession
+def _train_in_process(spec, method, cfg, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri,
+                      run_dir: str | None) -> RunResult:
+    """The loop in this process (``trainers.common.worker.TrialSession``), no controller or worker actors: in a
+    Tune trial (``run_dir`` None: results and checkpoints go to Tune) or in local mode (``scaling.num_workers=0``:
+    checkpoints under ``run_dir``, where a rerun of the run name finds them)."""
+    from trainers.common.worker import TrialSession, local_facts
 
-    run_facts["report_to"] = "tune"
+    in_trial = run_dir is None
+    run_facts.update({"report_to": "tune"} if in_trial else
+                     local_facts(run_dir, cfg.train.checkpoints_to_keep, spec.checkpoint_score))
     session, metrics, timing = _fit_logged(
         lambda: TrialSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts}), run_id, marks,
-        in_trial=True)
+        in_trial=in_trial)
     ckpt = session.checkpoint.path if session.checkpoint else None
-    storage = str(Path(ckpt).parent) if ckpt else ""
+    storage = run_dir if run_dir is not None else (str(Path(ckpt).parent) if ckpt else "")
     tracking.end_run(run_id, "FINISHED", {"checkpoint": ckpt or "", "ray_storage": storage})
     return RunResult(method, run_name, run_id, experiment, uri, metrics, ckpt, storage, cfg_dict, timing)
-
-
-def _train_local(spec, method, cfg, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri,
-                 run_dir: str) -> RunResult:
-    """Local mode (``scaling.num_workers=0``): the loop runs in this process (``trainers.common.worker.LocalSession``),
-    no controller or worker actors; checkpoints under ``run_dir``, where a rerun of the run name finds them."""
-    from trainers.common.worker import LocalSession, local_facts
-
-    run_facts.update(local_facts(run_dir, cfg.train.checkpoints_to_keep, spec.checkpoint_score))
-    session, metrics, timing = _fit_logged(
-        lambda: LocalSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts}), run_id, marks)
-    ckpt = session.checkpoint.path if session.checkpoint else None
-    tracking.end_run(run_id, "FINISHED", {"checkpoint": ckpt or "", "ray_storage": run_dir})
-    return RunResult(method, run_name, run_id, experiment, uri, metrics, ckpt, run_dir, cfg_dict, timing)
 
 
 def runs_in_trial(cfg: BaseRunConfig) -> bool:
@@ -243,11 +235,9 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         "driver_niceness": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
     }
     s = cfg.scaling
-    if in_trial and runs_in_trial(cfg):
-        return _train_in_trial(spec, method, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri)
-    if s.local:
-        return _train_local(spec, method, cfg, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment, uri,
-                            f"{storage}/{run_name}")
+    if (in_trial and runs_in_trial(cfg)) or s.local:
+        return _train_in_process(spec, method, cfg, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment,
+                                 uri, None if in_trial else f"{storage}/{run_name}")
     trainer = TorchTrainer(
         spec.train_loop,
         train_loop_config={"cfg": cfg_dict, "run": run_facts},

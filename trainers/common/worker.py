@@ -238,22 +238,21 @@ class Worker:
         # In-trial (a single-CPU-worker sweep trial, see pipelines.run.train): this loop runs in the Tune trial's
         # own process; results and checkpoints go to Tune, restore reads the trial's checkpoint, and the datasets
         # are the trial's own (Ray Train's API is not available inside a Tune function).
-        self._trial: TrialSession | None = TrialSession.current if self.run.get("report_to") == "tune" else None
-        # Local mode (scaling.num_workers=0): this loop runs in the driver (a LocalSession); its checkpoints are
-        # written under the run's storage here (trainers.common.checkpoints).
+        # Local mode (scaling.num_workers=0): this loop runs in the driver (a LocalSession), and its checkpoints are
+        # written under the run's storage here (trainers.common.checkpoints). Either way: one process, no DDP.
+        self._session: TrialSession | None = (TrialSession.current if self.run.get("report_to") in ("tune", "local")
+                                              else None)
+        self._trial = self._session if self.run.get("report_to") == "tune" else None
         self._local = None
-        self._session = self._trial
         if self.run.get("report_to") == "local":
             from trainers.common.checkpoints import RunCheckpoints
 
             lc = self.run["local_checkpoints"]
             self._local = RunCheckpoints(lc["dir"], lc["keep"], lc.get("score"))
-            self._session = LocalSession.current
-        if self._trial is not None:
-            self.rank, self.world_size, self.device = 0, 1, torch.device("cpu")
-        elif self._local is not None:  # the driver's own devices: a GPU only when asked for
+        if self._session is not None:  # local mode uses the driver's GPU only when asked for
             self.rank, self.world_size = 0, 1
-            self.device = torch.device("cuda", 0) if self.cfg.scaling.use_gpu else torch.device("cpu")
+            self.device = torch.device("cuda", 0) if self._local is not None and self.cfg.scaling.use_gpu \
+                else torch.device("cpu")
         else:
             ctx = ray.train.get_context()
             self.rank = ctx.get_world_rank()
@@ -291,7 +290,7 @@ class Worker:
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
 
-        if self._trial is not None or self._local is not None:  # one process, no DDP
+        if self._session is not None:  # one process, no DDP
             return model.to(self.device)
         return ray.train.torch.prepare_model(model)
 
@@ -350,24 +349,20 @@ class Worker:
         self.log_metrics(metrics, step=epoch)
         # when this worker's loop started and this report was made: the driver's start-up accounting
         result = {**metrics, "worker_started_unix": self._t0_unix, "reported_unix": time.time()}
-        if self._trial is not None:  # in-trial: Tune persists the checkpoint and sees the result (ASHA may stop here)
-            import ray.tune
-
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({**state, "epoch": epoch}, Path(d) / "state.pt")
-                ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
-            self._trial.metrics, self._trial.checkpoint = result, ray.tune.get_checkpoint()
-        elif self._local is not None:
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({**state, "epoch": epoch}, Path(d) / "state.pt")
-                ckpt = self._local.save(d, epoch, metrics)
-            self._session.metrics, self._session.checkpoint = result, ckpt
-        elif self.is_chief:
-            with tempfile.TemporaryDirectory() as d:
-                torch.save({**state, "epoch": epoch}, Path(d) / "state.pt")
-                ray.train.report(result, checkpoint=Checkpoint.from_directory(d))
-        else:
+        if not self.is_chief:
             ray.train.report(result, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({**state, "epoch": epoch}, Path(d) / "state.pt")
+            if self._trial is not None:  # in-trial: Tune persists the checkpoint and sees the result (ASHA may stop)
+                import ray.tune
+
+                ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
+                self._trial.metrics, self._trial.checkpoint = result, ray.tune.get_checkpoint()
+            elif self._local is not None:
+                self._session.metrics, self._session.checkpoint = result, self._local.save(d, epoch, metrics)
+            else:
+                ray.train.report(result, checkpoint=Checkpoint.from_directory(d))
 
     # -- MLflow (rank 0 only) -------------------------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
