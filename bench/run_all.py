@@ -811,6 +811,22 @@ def data_section(args, store: str, consumption: dict[str, float]) -> dict:
 # Sweeps: tuning.sweep.sweep, ASHA vs FIFO
 # =============================================================================================
 
+def _trial_startup(parent_run_id: str) -> dict:
+    """Mean start-up/teardown and loop seconds of a sweep's trials, from their MLflow child runs (each logs its
+    ``startup.*`` timing when its loop returns; a trial ASHA stops never does)."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import tracking
+
+    c = MlflowClient(tracking.tracking_uri())
+    parent = c.get_run(parent_run_id)
+    runs = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000)
+    over = [r.data.metrics["startup.overhead_s"] for r in runs if "startup.overhead_s" in r.data.metrics]
+    loop = [r.data.metrics["startup.loop_s"] for r in runs if "startup.loop_s" in r.data.metrics]
+    return {"trials_timed": len(over), "trial_overhead_s": float(np.mean(over)) if over else None,
+            "trial_loop_s": float(np.mean(loop)) if loop else None}
+
+
 def sweep_section(args) -> dict:
     import ray
 
@@ -837,7 +853,8 @@ def sweep_section(args) -> dict:
         out["runs"][sched] = {"wall_s": wall, "best_metric": res.best_metric, "metric": res.metric,
                               "trials": res.num_trials, "terminated_early": res.num_terminated_early,
                               "epochs_run": int(sum(epochs)),
-                              "errors": sum(1 for t in res.trials if t.get("error"))}
+                              "errors": sum(1 for t in res.trials if t.get("error")),
+                              **_trial_startup(res.parent_run_id)}
         print(f"[perf] sweep {sched}: {wall:.0f} s, best {res.metric}={res.best_metric:.4f}, "
               f"{res.num_terminated_early} stopped early", flush=True)
     a, f = out["runs"]["asha"], out["runs"]["fifo"]
@@ -1332,6 +1349,9 @@ def render(R: dict, args) -> str:
               f"at {s['max_concurrent']} concurrent (single-worker trials train in the trial's own process, "
               "no Ray Train controller or worker group per trial; each epoch with evaluation, a checkpoint and "
               "MLflow logging)."
+              + (f" Inside each FIFO trial (its MLflow run's startup.* metrics, mean of {f['trials_timed']}): the loop "
+                 f"{f['trial_loop_s']:.1f} s, start-up and teardown around it {f['trial_overhead_s']:.1f} s."
+                 if (f := s["runs"]["fifo"]).get("trial_overhead_s") is not None else "")
               + (" The issue's 16-trial version: `--sweep-trials 16` (about twice these wall times)."
                  if s["num_samples"] < 16 else ""), ""]
     if "scaling" in R:

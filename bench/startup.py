@@ -96,6 +96,51 @@ def one_run(root: Path, code: Path | None, address: str | None, extra: tuple[str
     return {"wall_s": wall, "loop_s": got["loop_s"], "overhead_s": wall - got["loop_s"], "phases": got["phases"]}
 
 
+def _floor_loop(config: dict) -> None:
+    Path(config["mark"]).write_text(repr(time.time()))
+
+
+def floor_child(store: str) -> None:
+    """Ray Train alone, in this process: a TorchTrainer with one CPU worker and a loop that only notes the time,
+    no data and no MLflow, with the controller settings ``trainlab run`` uses. Prints its timing as JSON."""
+    import json
+
+    t0 = time.time()
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.run import _train_controller_env
+
+    ray.init(log_to_driver=False)  # RAY_ADDRESS when set (warm), else a local instance (cold)
+    t_init = time.time()
+    _train_controller_env()
+    mark = Path(store) / "loop_started"
+    t_fit = time.time()
+    TorchTrainer(_floor_loop, train_loop_config={"mark": str(mark)},
+                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                 run_config=RunConfig(name="floor", storage_path=store)).fit()
+    t_end = time.time()
+    t_loop = float(mark.read_text())
+    print(json.dumps({"imports_init_s": t_init - t0, "fit_to_loop_s": t_loop - t_fit,
+                      "loop_to_return_s": t_end - t_loop, "fit_s": t_end - t_fit}), flush=True)
+
+
+def floor_run(root: Path, address: str | None) -> dict:
+    import json
+
+    env = _env(root, None)
+    if address:
+        env["RAY_ADDRESS"] = address
+    store = root / "floor"
+    store.mkdir(exist_ok=True)
+    r = subprocess.run([sys.executable, __file__, "--floor-child", str(store)], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"the bare TorchTrainer failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 class Head:
     """``ray start --head`` on loopback for one variant (its workers import that variant's code)."""
 
@@ -142,20 +187,26 @@ def startup_section(repeats: int = 3, before: str | None = None, modes=("cold", 
     try:
         for mode in modes:
             runs: dict[str, list[dict]] = {v: [] for v in variants}
+            floor: list[dict] = []
             for i in range(repeats):
                 order = list(variants) if i % 2 == 0 else list(reversed(variants))
                 for v in order:
                     x = extra.get(v, ())
                     if mode == "cold":
                         res = one_run(roots[v], variants[v], None, x)
+                        if v == "after":
+                            floor.append(floor_run(roots[v], None))
                     else:
                         with Head(roots[v], variants[v]) as address:
                             one_run(roots[v], variants[v], address, x)  # the head's first run warms its caches
                             res = one_run(roots[v], variants[v], address, x)
+                            if v == "after":
+                                floor.append(floor_run(roots[v], address))
                     runs[v].append(res)
                     print(f"[startup] {mode} {v} #{i + 1}: wall {res['wall_s']:.1f} s, loop {res['loop_s']:.1f} s, "
                           f"overhead {res['overhead_s']:.1f} s", flush=True)
-            m: dict = {"runs": runs}
+            m: dict = {"runs": runs, "floor_runs": floor,
+                       "floor": {k: mean_ci([f[k] for f in floor]) for k in floor[0]} if floor else {}}
             for v, rs in runs.items():
                 m[v] = {k: mean_ci([r[k] for r in rs]) for k in ("wall_s", "loop_s", "overhead_s")}
                 phases = sorted({p for r in rs for p in r["phases"]})
@@ -200,6 +251,13 @@ def render(res: dict) -> str:
             mu, h = m["overhead_ratio_local_over_after"]
             lines += ["", f"overhead local mode / Ray Train worker: **{mu:.2f} ± {h:.2f}** (paired by repeat: "
                       + ", ".join(f"{x:.2f}" for x in m["overhead_ratio_local_runs"]) + ")"]
+        if m.get("floor"):
+            f = m["floor"]
+            lines += ["", "Ray Train alone (`--floor-child`: a TorchTrainer with one worker and a loop that only notes the "
+                      f"time, no data, no MLflow), in {len(m['floor_runs'])} runs: fit() until its loop starts "
+                      f"**{f['fit_to_loop_s'][0]:.1f} ± {f['fit_to_loop_s'][1]:.1f} s**, the loop's end until fit() "
+                      f"returns {f['loop_to_return_s'][0]:.1f} ± {f['loop_to_return_s'][1]:.1f} s (the process's imports "
+                      f"and ray.init before: {f['imports_init_s'][0]:.1f} s)."]
         for v in ("after", "local"):
             ph = m.get(v, {}).get("phases")
             if ph:
@@ -214,7 +272,11 @@ def main() -> None:
     ap.add_argument("--before", default=None, help="a git revision to compare with, e.g. 453e579")
     ap.add_argument("--modes", default="cold,warm")
     ap.add_argument("--name", default="startup")
+    ap.add_argument("--floor-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.floor_child:
+        floor_child(args.floor_child)
+        return
     res = startup_section(args.repeats, args.before, tuple(args.modes.split(",")))
     res["machine"] = machine_info()
     write(args.name, res, render(res))

@@ -243,22 +243,29 @@ def _tensor_table(x: np.ndarray, y: np.ndarray | None) -> "pa.Table":
     return pa.table(cols)
 
 
-def _dataset_from_numpy(x: np.ndarray, y: np.ndarray | None, rows_per_block: int = 256) -> "ray.data.Dataset":
-    """A materialised Ray Dataset with a tensor column ``x`` (and ``y``), in a few arrow blocks."""
+def dataset_from_tables(tables: list) -> "ray.data.Dataset":
+    """A materialised Ray Dataset of arrow tables already in this process. ``ray.data.from_blocks`` computes each
+    block's metadata here; ``from_arrow`` sends one remote task per call for it, and the first task of a new job
+    waits for a worker process to start: 0.2 s instead of 3.3 s for five small datasets on a 2-core machine."""
     import ray.data
 
+    return ray.data.from_blocks(tables)
+
+
+def _dataset_from_numpy(x: np.ndarray, y: np.ndarray | None, rows_per_block: int = 256) -> "ray.data.Dataset":
+    """A materialised Ray Dataset with a tensor column ``x`` (and ``y``), in a few arrow blocks."""
     n = len(x)
     nblocks = max(1, min(16, math.ceil(n / rows_per_block)))
     bounds = np.linspace(0, n, nblocks + 1).astype(int)
     tables = [_tensor_table(x[a:b], None if y is None else y[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    return ray.data.from_arrow(tables)
+    return dataset_from_tables(tables)
 
 
 def to_datasets(arrays: dict[str, tuple[np.ndarray, np.ndarray]], name: str,
                 splits: tuple[str, ...] = SPLITS) -> DataBundle:
     """Ray Datasets for ``{split: (x, y)}`` arrays (e.g. :func:`embedded_digits_shift`).
 
-    Built with ``ray.data.from_arrow`` from tensor-column arrow tables (no per-row Python).
+    Built with ``ray.data.from_blocks`` from tensor-column arrow tables (no per-row Python).
     ``target_train`` gets only the ``x`` column: its labels are never passed on.
     ``num_classes`` = max label over the labelled splits + 1. ``splits``: the splits expected
     (a method that needs fewer, e.g. a GAN's ``source_train``/``source_val``, passes those).
@@ -1039,7 +1046,6 @@ def _check_task_classes(names, classes_train: list[set], classes_eval: list[set]
 
 def task_stream_from_arrays(tasks: list[dict], name: str, seed: int = 0) -> TaskStream:
     """A :class:`TaskStream` from ``[{"name", "train": (x, y), "eval": (x, y)}, ...]`` (learning order)."""
-    import ray.data
 
     if not tasks:
         raise DataValidationError(f"{name}: the task stream is empty; allowed: at least one task")
@@ -1070,7 +1076,7 @@ def task_stream_from_arrays(tasks: list[dict], name: str, seed: int = 0) -> Task
         x, y, t = x[order], y[order], t[order]
         nblocks = max(1, min(16, math.ceil(len(y) / 256)))
         bounds = np.linspace(0, len(y), nblocks + 1).astype(int)
-        datasets[k] = ray.data.from_arrow([_task_table(x[a:b], y[a:b], t[a:b])
+        datasets[k] = dataset_from_tables([_task_table(x[a:b], y[a:b], t[a:b])
                                            for a, b in zip(bounds[:-1], bounds[1:])])
         sizes[k] = int(len(y))
         for i, tk in enumerate(tasks):
