@@ -1012,8 +1012,9 @@ def main() -> None:
                          "sweeps on 2 cores (bench/results/performance_16trials.md): each trial is a real TorchTrainer "
                          "run, most of it start-up")
     ap.add_argument("--sweep-epochs", type=int, default=None,
-                    help="epochs per sweep trial (default 30, quick 2): ASHA (reduction factor 2, first milestone at a "
-                         "third) saves epochs only when a trial has several to save")
+                    help="epochs per sweep trial (default 120, about 2 min of training per trial on 2 cores; quick 2): "
+                         "ASHA (reduction factor 2, first milestone at a third) saves a share of the training, so "
+                         "trials must train long enough against their fixed cost (~3 s) for the share to show")
     ap.add_argument("--sweep-config", choices=("default", "quick"), default="default",
                     help="the trials' config: the method's defaults (default) or --quick's tiny model")
     ap.add_argument("--startup-repeats", type=int, default=None, help="runs per variant and mode (default 3, quick 1)")
@@ -1043,7 +1044,7 @@ def main() -> None:
     args.window = args.window or (0.3 if q else 0.5)
     args.warm = args.warm or (0.3 if q else 1.0)
     args.sweep_trials = args.sweep_trials or (2 if q else 8)
-    args.sweep_epochs = args.sweep_epochs or (2 if q else 30)
+    args.sweep_epochs = args.sweep_epochs or (2 if q else 120)
     args.startup_repeats = args.startup_repeats or (1 if q else 3)
     args.sweep_concurrent = args.sweep_concurrent or 2
     args.data_rows = 10_000 if q else 40_000
