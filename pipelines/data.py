@@ -346,7 +346,7 @@ def write_parquet(arrays: dict[str, tuple[np.ndarray, np.ndarray]], path: str) -
     pq.write_table(table, path)
 
 
-def _parquet_files(path: str) -> list[str]:
+def parquet_files(path: str) -> list[str]:
     p = Path(path)
     if not p.exists():
         raise DataValidationError(f"{path}: path does not exist (expected a parquet file or a directory "
@@ -530,7 +530,7 @@ def validate_parquet(path: str, image_shape: tuple[int, ...] | None = None, *,
 
     if not (isinstance(val_fraction, (int, float)) and 0 < val_fraction <= 0.45):
         raise ValueError(f"val_fraction: {val_fraction!r} is not allowed; allowed: a number in (0, 0.45]")
-    files = _parquet_files(path)
+    files = parquet_files(path)
     caller_shape = _check_image_shape(image_shape, "image_shape") if image_shape is not None else None
     column = None
     has_split = None
@@ -1093,7 +1093,7 @@ def _validate_task_parquet(path: str, image_shape, task_order, seed: int, val_fr
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    files = _parquet_files(path)
+    files = parquet_files(path)
     caller_shape = _check_image_shape(image_shape, "data.image_shape") if image_shape is not None else None
     column = d = input_shape = has_split = None
     counts: dict[tuple[str, str], int] = {}
