@@ -217,19 +217,22 @@ def demo_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    method: str = typer.Argument(..., help="method key; only `continual` has a predict path"),
+    method: str = typer.Argument(..., help="method key; the methods whose spec offers predict (see --help)"),
     checkpoint: str = typer.Option(..., "--checkpoint", help="checkpoint directory of the run (or its state.pt)"),
-    task: str = typer.Option(..., "--task", help="continual: task to infer with (1-based index or task name)"),
+    task: Optional[str] = typer.Option(None, "--task", help="for methods with tasks (continual): the task to infer "
+                                                            "with (1-based index or task name)"),
     input_: str = typer.Option(..., "--input", help=".npy file: (N, C, H, W) float inputs (or one input)"),
     output: Optional[str] = typer.Option(None, "--output", help="write the predicted labels here (.npy)"),
 ) -> None:
-    """Predict with a trained run: `continual` masks the shared weights with the task's mask (W ⊙ M^(task))."""
-    with _reported_errors():
-        if method != "continual":
-            raise ValueError(f"predict: method {method!r} has no predict path; allowed: continual")
-        import numpy as np
+    """Predict with a trained run, by the method's own predict hook (continual: the shared weights masked with the
+    task's mask, W ⊙ M^(task))."""
+    from trainers import get_method, methods_with
 
-        from trainers.continual.inference import predict
+    with _reported_errors():
+        spec = get_method(method)
+        if spec.predict is None:
+            raise ValueError(f"predict: method {method!r} has no predict path; allowed: {', '.join(methods_with('predict'))}")
+        import numpy as np
 
         if not Path(input_).is_file():
             raise ValueError(f"--input {input_}: file not found (expected a .npy array)")
@@ -237,10 +240,11 @@ def predict_cmd(
             x = np.load(input_, allow_pickle=False)
         except (OSError, ValueError) as e:
             raise ValueError(f"--input {input_}: not a .npy array ({e})") from None
-        labels = predict(checkpoint, task, x)
+        labels = spec.predict(checkpoint, task, x)
         if output:
             np.save(output, labels)
-    t = Table(title=f"trainlab predict continual — task {task}, {len(labels)} inputs")
+    t = Table(title=f"trainlab predict {method}" + (f" — task {task}" if task is not None else "")
+              + f", {len(labels)} inputs")
     t.add_column("label")
     t.add_column("count")
     for v, c in zip(*np.unique(labels, return_counts=True)):
@@ -254,18 +258,27 @@ def predict_cmd(
 
 @app.command("explain")
 def explain_cmd(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="final checkpoint directory of a shift_explainer run "
-                                                             "(the 'checkpoint' row of its summary)"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="final checkpoint directory of a run whose method "
+                                                             "explains (shift_explainer; the 'checkpoint' row of its summary)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="method.* override, e.g. method.k=5, "
                                                                 "method.layout=diagonal, method.selection=threshold"),
     output: Optional[str] = typer.Option(None, "--output", help="PNG path (default: next to the checkpoint)"),
+    method: Optional[str] = typer.Option(None, "--method", help="the method (default: the one method whose spec "
+                                                                "offers explain)"),
 ) -> None:
-    """shift_explainer: redraw the explanation grid (S104–S108) from a trained run in seconds, no Ray."""
-    with _reported_errors():
-        from trainers.shift_explainer.loop import explain_from_checkpoint
+    """Redraw a trained run's explanation from its checkpoint in seconds, no Ray (shift_explainer: S104–S108)."""
+    from trainers import get_method, methods_with
 
-        path, figures = explain_from_checkpoint(checkpoint, set_, output)
-    t = Table(title="trainlab explain shift_explainer")
+    with _reported_errors():
+        offered = methods_with("explain")
+        if method is None and len(offered) != 1:
+            raise ValueError(f"--method: needed when several methods explain; allowed: {', '.join(offered)}")
+        key = method or offered[0]
+        spec = get_method(key)
+        if spec.explain is None:
+            raise ValueError(f"--method {key}: has no explain path; allowed: {', '.join(offered)}")
+        path, figures = spec.explain(checkpoint, set_, output)
+    t = Table(title=f"trainlab explain {key}")
     t.add_column("what")
     t.add_column("value", overflow="fold")
     for k, v in figures.items():

@@ -17,6 +17,7 @@ from pipelines import tracking
 from pipelines.cluster import ResourceRequest, check_resources, init_ray
 from trainers import MethodSpec, get_method
 from trainers.common.config import BaseRunConfig, ConfigError, build_config, parse_set_args, read_yaml
+from trainers.common.paths import storage_root  # noqa: F401 - re-exported: sweeps and tests read it here
 
 
 @dataclass
@@ -53,14 +54,6 @@ def startup_timing(marks: dict[str, float], metrics: dict) -> dict[str, float]:
          "startup.after_last_report_s": marks["fit"] - w1}
     t["startup.overhead_s"] = marks["fit"] - marks["start"] - t["startup.loop_s"]
     return t
-
-
-def storage_root() -> str:
-    """Where Ray Train/Tune keep checkpoints: ``TRAINLAB_STORAGE`` (cloud/NFS on a cluster) or ./trainlab_runs."""
-    root = os.environ.get("TRAINLAB_STORAGE")
-    if root:  # absolute (workers and local-mode checkpoints may resolve it elsewhere), no trailing slash
-        return root.rstrip("/") if "://" in root else os.path.abspath(root)
-    return str((Path.cwd() / "trainlab_runs").resolve())
 
 
 def load_config(method: str, config_file: str | None = None, sets: list[str] | None = None,
@@ -162,6 +155,43 @@ def _train_in_process(spec, method, cfg, cfg_dict, run_facts, bundle, marks, run
     return RunResult(method, run_name, run_id, experiment, uri, metrics, ckpt, storage, cfg_dict, timing)
 
 
+def _scaling_config(s):
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                         resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})})
+
+
+def run_job(loop, cfg: BaseRunConfig, facts: dict, datasets: dict, name_prefix: str):
+    """An auxiliary training job that a method's ``prepare`` asks for (``DriverContext.run_job``; e.g.
+    shift_explainer's classifier), with the run's scaling: in this process in local mode (also inside a sweep
+    trial's own process), else one TorchTrainer. Keeps one checkpoint under the storage root; returns it."""
+    from ray.train import CheckpointConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from trainers.common.worker import TrialSession, dataset_config, local_facts
+
+    s = cfg.scaling
+    name = unique_run_name(name_prefix)
+    config = {"cfg": cfg.model_dump(mode="json"), "run": facts}
+    if s.local:
+        config["run"] = {**facts, **local_facts(f"{storage_root()}/{name}", 1, None)}
+        return TrialSession(datasets).run(loop, config).checkpoint
+    trainer = TorchTrainer(
+        loop, train_loop_config=config, scaling_config=_scaling_config(s),
+        run_config=RunConfig(name=name, storage_path=storage_root(), checkpoint_config=CheckpointConfig(num_to_keep=1)),
+        datasets=datasets,
+        dataset_config=dataset_config(datasets, getattr(getattr(cfg, "data", None), "cache_in_memory", True),
+                                      s.num_workers))
+    return trainer.fit().checkpoint
+
+
+def driver_context():
+    from trainers.common.context import DriverContext
+
+    return DriverContext(storage_root=storage_root(), tracking_uri=tracking.tracking_uri(), run_job=run_job)
+
+
 def runs_in_trial(cfg: BaseRunConfig) -> bool:
     """Whether a sweep trial of ``cfg`` runs its training loop in the trial's own process (see ``train``)."""
     return cfg.scaling.num_workers <= 1 and not cfg.scaling.use_gpu
@@ -192,7 +222,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
     dataset-manager actors per trial, which on a small cluster cost more than a short trial's training; Tune
     keeps the checkpoints and restarts the trial. Multi-worker and GPU trials launch a TorchTrainer as a
     ``run`` does."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from trainers.common.worker import dataset_config
@@ -206,7 +236,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
     prepared = None
     if spec.prepare is not None:  # driver-side precomputation, before the MLflow run exists
         try:
-            prepared = spec.prepare(cfg, bundle)
+            prepared = spec.prepare(cfg, bundle, driver_context())
         except (ValueError, KeyError) as e:
             raise ConfigError(str(e)) from None
         if "datasets" in prepared:  # the method trains on datasets it derived (e.g. with batch-inference columns)
@@ -241,8 +271,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
     trainer = TorchTrainer(
         spec.train_loop,
         train_loop_config={"cfg": cfg_dict, "run": run_facts},
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
+        scaling_config=_scaling_config(s),
         run_config=RunConfig(
             name=run_name, storage_path=storage, callbacks=callbacks,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),

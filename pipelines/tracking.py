@@ -129,7 +129,7 @@ def pending_dir() -> str:
     ``mlflow_pending`` under the cache root (``TRAINLAB_CACHE``)."""
     if os.environ.get("TRAINLAB_MLFLOW_PENDING"):
         return os.environ["TRAINLAB_MLFLOW_PENDING"]
-    from pipelines.run import storage_root
+    from trainers.common.paths import storage_root
 
     root = storage_root()
     if "://" not in root:

@@ -2,7 +2,8 @@
 end to end through the CLI and with 2 Ray Train workers (real Ray, real MLflow).
 
 The math itself (rates, zeroing, masks, JSD, FrozenGuard) is tested in tests/test_continual_math.py; here the
-loop that strings it together. "spec test N" = shared/methods/continual.md §8.3.
+loop that strings it together. "spec test N" = the implementation spec's §8.3. (not shipped;
+docs/methods/continual.md describes the method)
 """
 from __future__ import annotations
 

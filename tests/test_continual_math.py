@@ -1,6 +1,7 @@
 """Unit tests of trainers/continual (rates, zeroing, masks, frozen updates, similarity) against numpy/scipy answers.
 
-Numbering "spec test N" follows the known-answer and invariant tests of shared/methods/continual.md §8.3. No Ray.
+Numbering "spec test N" follows the known-answer and invariant tests of the implementation spec's §8.3. (not
+shipped; docs/methods/continual.md describes the method) No Ray.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Unit tests of trainers/decorrelation/losses.py against independent numpy/scipy computations.
 
-Numbering follows the acceptance tests of shared/methods/decorrelation.md §8 where one applies.
+Numbering follows the acceptance tests of the implementation spec's §8 (not shipped; docs/methods/decorrelation.md
+describes the method) where one applies.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Unit tests of trainers/mixture_sparsity (losses, models, pruning) against scipy and closed forms.
 
-Numbering "spec test N" follows the known-answer tests of shared/methods/mixture_sparsity.md §8.2.
+Numbering "spec test N" follows the known-answer tests of the implementation spec's §8.2. (not shipped;
+docs/methods/mixture_sparsity.md describes the method)
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Unit tests of trainers/shift_explainer (interpolation, selection, losses, grid generation, metrics, models)
 against numpy/scipy computations and closed forms. No Ray.
 
-Numbering "spec test N" follows the known-answer and property tests of shared/methods/shift_explainer.md §8.3.
+Numbering "spec test N" follows the known-answer and property tests of the implementation spec's §8.3. (not shipped;
+docs/methods/shift_explainer.md describes the method)
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Unit tests of trainers/ssd2gan (transforms, losses, baselines, metrics, models) against scipy/numpy and
 closed forms.
 
-Numbering "spec test N" follows the known-answer and property tests of shared/methods/ssd2gan.md §8.2.
+Numbering "spec test N" follows the known-answer and property tests of the implementation spec's §8.2. (not shipped;
+docs/methods/ssd2gan.md describes the method)
 """
 from __future__ import annotations
 

@@ -35,6 +35,9 @@ def load_checkpoint(checkpoint_path: str | Path) -> dict:
 
 def _task_index(task, meta: dict, learned: list) -> int:
     names = list(meta["task_names"])
+    if task is None:
+        raise ValueError(f"--task: continual predicts with one task's masks; allowed: one of the learned tasks "
+                         f"{learned} ({', '.join(names[i - 1] for i in learned)}), by index or name")
     if isinstance(task, str) and not task.lstrip("-").isdigit():
         if task not in names:
             raise ValueError(f"--task {task!r}: unknown task; allowed: 1..{len(learned)} or a name of {names}")

@@ -474,7 +474,7 @@ def task_distributions(cfg: ContinualConfig, ds, num_tasks: int) -> tuple[np.nda
     return np.stack([totals[i] for i in range(1, num_tasks + 1)]), info
 
 
-def prepare(cfg: ContinualConfig, bundle) -> dict:
+def prepare(cfg: ContinualConfig, bundle, ctx=None) -> dict:
     """Driver-side, once per run: the task PDFs and the T×T divergence matrix (``method.measure``)."""
     counts, info = task_distributions(cfg, bundle.datasets["train"], bundle.num_tasks)
     T = bundle.num_tasks

@@ -1,6 +1,7 @@
 """Rates, zeroing, ownership, 1-bit task masks, frozen updates and task inference of ``continual`` (JP7600768B2).
 
-Spec: ``shared/methods/continual.md`` (rules R1–R5, R7, R8, R11; §3 variants; §5 pseudocode). No Ray, no MLflow.
+Rule numbers (rules R1–R5, R7, R8, R11; §3 variants; §5 pseudocode) are those of the implementation spec the method
+was built from; ``docs/methods/continual.md`` describes the method. No Ray, no MLflow.
 In this patent "initialization" (初期化) means setting a weight to exactly 0; the "initialization rate" is the per-layer
 fraction of the free pool that is zeroed (PackNet's pruning ratio).
 

@@ -1,6 +1,7 @@
 """Task similarity of the ``continual`` method (JP7600768B2): JSD, mergeable PDF estimators, source choice.
 
-Spec: ``shared/methods/continual.md`` (§2.7 R6, §2.10 R9, §2.11 R10, §3 items 3–4).
+Rule numbers (§2.7 R6, §2.10 R9, §2.11 R10, §3 items 3–4) are those of the implementation spec the method was built
+from; ``docs/methods/continual.md`` describes the method.
 
 No Ray and no MLflow here: numpy math on arrays (torch tensors are accepted and converted) and plain floats for the
 selections, so a Ray Data pass can call the ``*_counts`` functions shard by shard and the driver sums them.

@@ -1,4 +1,4 @@
-"""Pure-PyTorch losses of the ``decorrelation`` method (JP7566705B2; spec ``shared/methods/decorrelation.md``).
+"""Pure-PyTorch losses of the ``decorrelation`` method (JP7566705B2; ``docs/methods/decorrelation.md``).
 
 No Ray here: these functions are used by ``loop.py`` on every worker and are unit-tested on their own.
 

@@ -1,6 +1,6 @@
 """Pure-PyTorch regularizers of the ``mixture_sparsity`` method (JP7085158B2).
 
-Spec: ``shared/methods/mixture_sparsity.md``.
+See ``docs/methods/mixture_sparsity.md``.
 
 No Ray here: these functions are used by the training loop on every worker and are unit-tested on their own.
 

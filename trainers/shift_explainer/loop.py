@@ -2,7 +2,7 @@
 
 Driver side, before the MLflow run exists (:func:`prepare`; a failure here leaves no run behind):
 
-* S102: the classifier f — trained on domain 1 by one Ray Train job (:func:`classifier_loop_per_worker`), or
+* S102: the classifier f — trained on domain 1 by one job of the run's scaling (``DriverContext.run_job``) (:func:`classifier_loop_per_worker`), or
   loaded from a file / an MLflow model URI (``method.classifier``), then frozen;
 * per-sample losses L(x) = ℓ(f(x), y) over every row of both domains as **Ray Data batch inference**
   (:class:`Scorer` in ``map_batches``, one actor), plus each row's softmax output;
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainers.common.context import DriverContext
 from trainers.common.worker import Worker, all_reduce_sum, average_gradients
 from trainers.shift_explainer.config import ShiftExplainerConfig
 from trainers.shift_explainer.losses import (Grid, bigan_d_loss, bigan_eg_loss, cycle_loss, generate_diagonal,
@@ -110,35 +111,13 @@ def classifier_loop_per_worker(config: dict) -> None:
         w.report(epoch, metrics, {"classifier": getattr(model, "module", model).state_dict()})
 
 
-def train_classifier(cfg: ShiftExplainerConfig, bundle) -> torch.nn.Module:
-    """One TorchTrainer job (same scaling as the run) over domain 1; returns the trained, frozen f."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from pipelines.run import storage_root, unique_run_name
-    from trainers.common.worker import dataset_config
-
-    s = cfg.scaling
-    name = unique_run_name("shift_explainer-classifier")
-    facts = _run_facts(cfg, bundle, "d1_train")
+def train_classifier(cfg: ShiftExplainerConfig, bundle, ctx: DriverContext) -> torch.nn.Module:
+    """One training job (the run's scaling, see ``DriverContext.run_job``) over domain 1; returns the trained,
+    frozen f."""
     datasets = {k: bundle.datasets[k] for k in ("d1_train", "d1_val")}
-    if s.local:  # local mode: in this process (also inside a sweep trial's own process)
-        from trainers.common.worker import LocalSession, local_facts
-
-        facts.update(local_facts(f"{storage_root()}/{name}", 1, None))
-        session = LocalSession(datasets).run(classifier_loop_per_worker,
-                                             {"cfg": cfg.model_dump(mode="json"), "run": facts})
-        return _classifier_from(cfg, bundle, session.checkpoint)
-    trainer = TorchTrainer(
-        classifier_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run": facts},
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
-        run_config=RunConfig(name=name, storage_path=storage_root(),
-                             checkpoint_config=CheckpointConfig(num_to_keep=1)),
-        datasets=datasets, dataset_config=dataset_config(datasets, getattr(cfg.data, "cache_in_memory", True),
-                                                         s.num_workers))
-    return _classifier_from(cfg, bundle, trainer.fit().checkpoint)
+    checkpoint = ctx.run_job(classifier_loop_per_worker, cfg, _run_facts(cfg, bundle, "d1_train"), datasets,
+                             "shift_explainer-classifier")
+    return _classifier_from(cfg, bundle, checkpoint)
 
 
 def _classifier_from(cfg: ShiftExplainerConfig, bundle, checkpoint) -> torch.nn.Module:
@@ -164,9 +143,9 @@ def classifier_cache_path(cfg: ShiftExplainerConfig) -> Path:
 
     files = []
     if cfg.data.source != "colour_thickness" and Path(cfg.data.source).exists():
-        from pipelines.data import _parquet_files
+        from pipelines.data import parquet_files
 
-        files = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in _parquet_files(str(cfg.data.source))]
+        files = [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in parquet_files(str(cfg.data.source))]
     key = {"v": CLASSIFIER_CACHE_VERSION, "seed": cfg.seed, "data": cfg.data.model_dump(mode="json"), "files": files,
            "model": [cfg.model.classifier_width, cfg.model.classifier_feature_dim],
            "train": [cfg.method.classifier_epochs, cfg.method.classifier_lr, cfg.train.batch_size,
@@ -175,7 +154,7 @@ def classifier_cache_path(cfg: ShiftExplainerConfig) -> Path:
     return cache_root() / "classifier_cache" / f"{digest}.pt"
 
 
-def obtain_classifier(cfg: ShiftExplainerConfig, bundle) -> tuple[torch.nn.Module, str]:
+def obtain_classifier(cfg: ShiftExplainerConfig, bundle, ctx: DriverContext) -> tuple[torch.nn.Module, str]:
     """S102: (f, where it came from: "trained", "cache:<path>" or the user's reference)."""
     m = cfg.method
     if m.classifier != "train":
@@ -183,7 +162,7 @@ def obtain_classifier(cfg: ShiftExplainerConfig, bundle) -> tuple[torch.nn.Modul
     path = classifier_cache_path(cfg)
     if path is not None and path.is_file():
         return torch.load(path, map_location="cpu", weights_only=False).eval(), f"cache:{path}"
-    f = train_classifier(cfg, bundle)
+    f = train_classifier(cfg, bundle, ctx)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -192,17 +171,16 @@ def obtain_classifier(cfg: ShiftExplainerConfig, bundle) -> tuple[torch.nn.Modul
     return f, "trained"
 
 
-def pack_classifier(classifier: torch.nn.Module, source: str) -> dict:
+def pack_classifier(classifier: torch.nn.Module, source: str, tracking_uri: str | None = None) -> dict:
     """How f travels to the batch-inference actor, the workers and the final checkpoint: its pickled bytes, or,
-    for a model that cannot be pickled (an MLflow 'pt2' program), its reference, loaded again where needed."""
-    from pipelines.tracking import tracking_uri
-
+    for a model that cannot be pickled (an MLflow 'pt2' program), its reference (and the MLflow store it is in),
+    loaded again where needed."""
     buf = io.BytesIO()
     try:
         torch.save(classifier, buf)
         return {"bytes": buf.getvalue()}
     except Exception:  # noqa: BLE001 - pickling a traced graph fails in many ways
-        return {"ref": source, "tracking_uri": tracking_uri()}
+        return {"ref": source, "tracking_uri": tracking_uri}
 
 
 def unpack_classifier(packed: dict, input_shape, num_classes: int, device="cpu") -> torch.nn.Module:
@@ -330,13 +308,13 @@ def select(m, pool: dict) -> dict:
             "x2": pool["d2"]["x"][i2], "y2": int(pool["d2"]["y"][i2]), "l2": float(pool["d2"]["loss"][i2])}
 
 
-def prepare(cfg: ShiftExplainerConfig, bundle) -> dict:
+def prepare(cfg: ShiftExplainerConfig, bundle, ctx: DriverContext) -> dict:
     """S101–S104 on the driver (see the module docstring). Returns the facts every worker gets, with
     ``datasets`` (what the TorchTrainer trains on: ``gen_train`` = domain-1 ∪ domain-2 train rows, ``gen_val``
     = the val rows, columns x, y, loss, domain) and ``sizes``."""
     m = cfg.method
-    classifier, source = obtain_classifier(cfg, bundle)
-    packed = pack_classifier(classifier, source)
+    classifier, source = obtain_classifier(cfg, bundle, ctx)
+    packed = pack_classifier(classifier, source, ctx.tracking_uri)
     scored = score(bundle, packed, m.loss_fn)
     cols = _columns(scored)
     by_part = {s: cols["part"] == i for i, s in enumerate(SPLIT_ORDER)}

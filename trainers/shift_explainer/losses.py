@@ -1,4 +1,4 @@
-"""Pure-PyTorch math of the ``shift_explainer`` method (JP7517093B2; spec ``shared/methods/shift_explainer.md``).
+"""Pure-PyTorch math of the ``shift_explainer`` method (JP7517093B2; ``docs/methods/shift_explainer.md``).
 
 No Ray and no MLflow here: interpolation, selection, losses, grid generation and metrics, unit-tested on their
 own (``tests/test_shift_explainer_math.py``). Every formula of the spec is [RECONSTRUCTED] from prose (the

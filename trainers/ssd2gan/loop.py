@@ -132,7 +132,7 @@ def _real_images(ds) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def prepare(cfg: Ssd2ganConfig, bundle) -> dict:
+def prepare(cfg: Ssd2ganConfig, bundle, ctx=None) -> dict:
     """Driver-side, once per run: the quality reference (feature classifier, real feature Gaussians,
     real power spectra), shipped to every worker."""
     x, y = _real_images(bundle.datasets["source_train"])

@@ -1,4 +1,4 @@
-"""Pure-PyTorch math of the ``ssd2gan`` method (JP7464138B2; spec ``shared/methods/ssd2gan.md``).
+"""Pure-PyTorch math of the ``ssd2gan`` method (JP7464138B2; ``docs/methods/ssd2gan.md``).
 
 No Ray and no MLflow here: transforms, losses and metrics used by the training loop on every worker, and
 unit-tested on their own (``tests/test_ssd2gan_losses.py``).
