@@ -31,6 +31,7 @@ def load_space(path: str) -> dict[str, Any]:
 def to_tune(space: dict[str, Any], config_cls, base: dict | None = None) -> dict[str, Any]:
     """Validate a space against the method's config and turn it into Tune domains."""
     out: dict[str, Any] = {}
+    ends: dict[str, list] = {}
     for key, spec in space.items():
         if isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in DISTRIBUTIONS:
             kind, args = next(iter(spec.items()))
@@ -53,9 +54,15 @@ def to_tune(space: dict[str, Any], config_cls, base: dict | None = None) -> dict
         else:
             samples = [spec]
             out[key] = spec
-        for v in samples:  # every end of every range must be a valid config value
+        ends[key] = samples
+    # every end of every range must be a valid config value, with the other keys of the space at one of their own
+    # values (their first): fields that depend on each other (shift_explainer's selection=threshold needs tau1,
+    # which the space also samples) are valid together, as every trial sets them together
+    first = {k: v[0] for k, v in ends.items()}
+    for key, samples in ends.items():
+        for v in samples:
             try:
-                build_config(config_cls, base, dotted_to_nested({key: v}))
+                build_config(config_cls, base, dotted_to_nested({**first, key: v}))
             except ConfigError as e:
                 raise ConfigError(f"space.{key} = {v!r} is not a valid config value:\n  {e}") from None
     return out
