@@ -458,9 +458,11 @@ def run_events(me: str, sched, baton: Baton, make, device, window_s: float, warm
             baton.post(e, {"k": k, "seconds": dt, "gpu_util": gpu_util()})
 
 
-def run_facts() -> dict:
-    """The driver facts a bench worker needs (no MLflow run); the niceness is filled in on the driver below."""
-    return {"steps_per_epoch": 1, "cache_in_memory": True, "mlflow_run_id": None, "driver_niceness": DRIVER_NICENESS}
+def run_facts():
+    """The driver facts a bench worker needs (no MLflow run, no data sizes); the driver's niceness is read below."""
+    from trainers.common.facts import RunFacts
+
+    return RunFacts(steps_per_epoch=1, driver_niceness=DRIVER_NICENESS)
 
 
 DRIVER_NICENESS = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None

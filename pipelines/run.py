@@ -17,6 +17,7 @@ from pipelines import tracking
 from pipelines.cluster import ResourceRequest, check_resources, init_ray
 from trainers import MethodSpec, get_method
 from trainers.common.config import BaseRunConfig, ConfigError, build_config, parse_set_args, read_yaml
+from trainers.common.facts import Prepared, RunFacts
 from trainers.common.paths import storage_root  # noqa: F401 - re-exported: sweeps and tests read it here
 
 
@@ -141,11 +142,13 @@ def _train_in_process(spec, method, cfg, cfg_dict, run_facts, bundle, marks, run
     """The loop in this process (``trainers.common.worker.TrialSession``), no controller or worker actors: in a
     Tune trial (``run_dir`` None: results and checkpoints go to Tune) or in local mode (``scaling.num_workers=0``:
     checkpoints under ``run_dir``, where a rerun of the run name finds them)."""
-    from trainers.common.worker import TrialSession, local_facts
+    from trainers.common.facts import LocalCheckpoints
+    from trainers.common.worker import TrialSession
 
     in_trial = run_dir is None
-    run_facts.update({"report_to": "tune"} if in_trial else
-                     local_facts(run_dir, cfg.train.checkpoints_to_keep, spec.checkpoint_score))
+    run_facts = run_facts.in_process("tune") if in_trial else run_facts.in_process(
+        "local", LocalCheckpoints(run_dir, cfg.train.checkpoints_to_keep,
+                                  tuple(spec.checkpoint_score) if spec.checkpoint_score else None))
     session, metrics, timing = _fit_logged(
         lambda: TrialSession(bundle.datasets).run(spec.train_loop, {"cfg": cfg_dict, "run": run_facts}), run_id, marks,
         in_trial=in_trial)
@@ -162,27 +165,27 @@ def _scaling_config(s):
                          resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})})
 
 
-def run_job(loop, cfg: BaseRunConfig, facts: dict, datasets: dict, name_prefix: str):
+def run_job(loop, cfg: BaseRunConfig, facts: RunFacts, datasets: dict, name_prefix: str):
     """An auxiliary training job that a method's ``prepare`` asks for (``DriverContext.run_job``; e.g.
     shift_explainer's classifier), with the run's scaling: in this process in local mode (also inside a sweep
     trial's own process), else one TorchTrainer. Keeps one checkpoint under the storage root; returns it."""
     from ray.train import CheckpointConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from trainers.common.worker import TrialSession, dataset_config, local_facts
+    from trainers.common.facts import LocalCheckpoints
+    from trainers.common.worker import TrialSession, dataset_config
 
     s = cfg.scaling
     name = unique_run_name(name_prefix)
     config = {"cfg": cfg.model_dump(mode="json"), "run": facts}
     if s.local:
-        config["run"] = {**facts, **local_facts(f"{storage_root()}/{name}", 1, None)}
+        config["run"] = facts.in_process("local", LocalCheckpoints(f"{storage_root()}/{name}", 1))
         return TrialSession(datasets).run(loop, config).checkpoint
     trainer = TorchTrainer(
         loop, train_loop_config=config, scaling_config=_scaling_config(s),
         run_config=RunConfig(name=name, storage_path=storage_root(), checkpoint_config=CheckpointConfig(num_to_keep=1)),
         datasets=datasets,
-        dataset_config=dataset_config(datasets, getattr(getattr(cfg, "data", None), "cache_in_memory", True),
-                                      s.num_workers))
+        dataset_config=dataset_config(datasets, facts.cache_in_memory, s.num_workers))
     return trainer.fit().checkpoint
 
 
@@ -233,15 +236,14 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         bundle = preflight(spec, cfg)
     marks["preflight"] = time.time()
     _train_controller_env()  # before prepare, which may run a TorchTrainer of its own
-    prepared = None
+    prepared = Prepared()
     if spec.prepare is not None:  # driver-side precomputation, before the MLflow run exists
         try:
             prepared = spec.prepare(cfg, bundle, driver_context())
         except (ValueError, KeyError) as e:
             raise ConfigError(str(e)) from None
-        if "datasets" in prepared:  # the method trains on datasets it derived (e.g. with batch-inference columns)
-            bundle = dataclasses.replace(bundle, datasets=prepared.pop("datasets"),
-                                         sizes=prepared.pop("sizes", bundle.sizes))
+        if prepared.datasets is not None:  # the method trains on datasets it derived (e.g. batch-inference columns)
+            bundle = dataclasses.replace(bundle, datasets=prepared.datasets, sizes=prepared.sizes or bundle.sizes)
     run_name = run_name or unique_run_name(method)
     experiment = cfg.tracking.experiment or f"trainlab/{method}"
     uri = tracking.tracking_uri()
@@ -254,16 +256,9 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
 
     storage = storage_root()
     stop_file = str(Path(storage) / run_name / "STOP") if "://" not in storage else None
-    run_facts = {
-        "mlflow_run_id": run_id, "tracking_uri": uri, "run_name": run_name,
-        "steps_per_epoch": max(1, bundle.sizes[spec.train_split] // cfg.train.batch_size),
-        "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes,
-        "sizes": bundle.sizes, "stop_file": stop_file,
-        "cache_in_memory": getattr(getattr(cfg, "data", None), "cache_in_memory", True),
-        "prepared": prepared,
-        "mlflow_pending_dir": tracking.pending_dir(),
-        "driver_niceness": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None,
-    }
+    run_facts = RunFacts.for_data(cfg, bundle, spec.train_split, run_name=run_name, mlflow_run_id=run_id,
+                                  tracking_uri=uri, mlflow_pending_dir=tracking.pending_dir(), stop_file=stop_file,
+                                  prepared=prepared.facts)
     s = cfg.scaling
     if (in_trial and runs_in_trial(cfg)) or s.local:
         return _train_in_process(spec, method, cfg, cfg_dict, run_facts, bundle, marks, run_name, run_id, experiment,
@@ -280,7 +275,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
                 **({"checkpoint_score_attribute": spec.checkpoint_score[0],
                     "checkpoint_score_order": spec.checkpoint_score[1]} if spec.checkpoint_score else {}))),
         datasets=bundle.datasets,
-        dataset_config=dataset_config(bundle.datasets, run_facts["cache_in_memory"], s.num_workers),
+        dataset_config=dataset_config(bundle.datasets, run_facts.cache_in_memory, s.num_workers),
     )
     result, metrics, timing = _fit_logged(trainer.fit, run_id, marks, in_trial=in_trial)
     ckpt = result.checkpoint.path if result.checkpoint else None

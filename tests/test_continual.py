@@ -224,7 +224,7 @@ def _learner(sets, kind="split", n=3, seed=0):
     base = build_model(cfg.model, (1, 8, 8), max(map(len, classes)))
     data = TaskData(tr, ev, classes, {i + 1: len(t["train"][1]) for i, t in enumerate(tasks)},
                     cfg.train.batch_size, cfg.train.batch_size, seed=cfg.seed)
-    return ContinualLearner(cfg, TaskNet(base), {"jsd": jsd, "task_classes": classes}, data), tasks, classes
+    return ContinualLearner(cfg, TaskNet(base), jsd, data), tasks, classes
 
 
 SGD = ["train.optimizer=sgd", "train.momentum=0.9", "train.weight_decay=0.01", "train.lr=0.05"]
@@ -392,7 +392,7 @@ def test_normalisation_layers_do_not_forget_and_per_task_state_starts_from_the_s
     base = _BNNet(2)
     data = TaskData(tr, ev, classes, {i + 1: len(t["train"][1]) for i, t in enumerate(tasks)},
                     cfg.train.batch_size, cfg.train.batch_size, seed=0)
-    L = ContinualLearner(cfg, TaskNet(base), {"jsd": jsd, "task_classes": classes}, data)
+    L = ContinualLearner(cfg, TaskNet(base), jsd, data)
     start = {}
     orig = L.train_phase
 
@@ -557,15 +557,15 @@ def test_user_parquet_stream_through_ray_data_and_the_whole_dataset_jsd(ray_sess
     rows = ts.datasets["eval"].take_all()
     assert {int(r["t"]) for r in rows} == {1, 2, 3} and len(rows) == ts.sizes["eval"]
     check(cfg, ts)
-    prep = prepare(cfg, ts)
+    prep = prepare(cfg, ts).facts
     from trainers.continual.similarity import histogram_counts, histogram_edges
     e = histogram_edges(0, 1, 32)
     order = [2, 0, 1]
     direct = [histogram_counts(tasks[i]["train"][0], e) for i in order]
-    assert prep["counts"] == [c.tolist() for c in direct]
+    assert prep.counts == [c.tolist() for c in direct]
     # pooled intensity histograms: the noisy copy is nearer to task 1 than the inverted digits are (≈ 0.16 vs 0.21;
     # the codebook estimator, the default, separates them far better: ≈ 0.01 vs 1.0)
-    assert prep["jsd"][1][2] == jsd_from_counts(direct[1], direct[2]) < prep["jsd"][0][1]
+    assert prep.jsd[1][2] == jsd_from_counts(direct[1], direct[2]) < prep.jsd[0][1]
 
 
 @pytest.mark.e2e

@@ -149,9 +149,9 @@ def test_feature_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
     ref = reference(x, y, a["source_val"][0] * 2 - 1)
     from trainers.ssd2gan.losses import frechet_distance_from_stats
 
-    held_out = frechet_distance_from_stats(ref["mu"], ref["sigma"], ref["mu_val"], ref["sigma_val"])
+    held_out = frechet_distance_from_stats(ref.mu, ref.sigma, ref.mu_val, ref.sigma_val)
     noise = features(m1, torch.rand(512, 1, 16, 16) * 2 - 1)
-    fd_noise = frechet_distance_from_stats(noise.mean(0), np.cov(noise, rowvar=False), ref["mu"], ref["sigma"])
+    fd_noise = frechet_distance_from_stats(noise.mean(0), np.cov(noise, rowvar=False), ref.mu, ref.sigma)
     assert held_out < 0.1 * fd_noise                        # real vs real is far closer than noise vs real
 
 

@@ -28,9 +28,9 @@ class MethodSpec:
     summary_metrics: tuple[str, ...] = ()            # shown in the terminal summary table
     variant_field: str | None = "variant"            # method.<field> reported as the MLflow tag
     check: Callable[[Any, Any], None] | None = None  # driver-side (cfg, bundle) checks before workers start
-    prepare: Callable[[Any, Any, Any], dict] | None = None  # driver-side (cfg, bundle, DriverContext) -> facts
-    #                                        for every worker (trainers.common.context: the driver's services);
-    #                                        a "datasets" (+ "sizes") entry replaces what the trainer trains on
+    prepare: Callable[[Any, Any, Any], Any] | None = None  # driver-side (cfg, bundle, DriverContext) ->
+    #                                        trainers.common.facts.Prepared: facts for every worker (RunFacts.prepared)
+    #                                        and optionally derived datasets that replace what the trainer trains on
     checkpoint_score: tuple[str, str] | None = None  # (metric, "max"|"min"): keep the best checkpoints by it
     reports: Callable[[Any, Any], int] | None = None  # (cfg, bundle) -> results a whole run reports to Tune
     #                                                  (default: train.epochs, one per epoch)

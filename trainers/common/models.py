@@ -72,13 +72,19 @@ def check_layers(model: nn.Module, names: list[str], field: str) -> None:
                              f"allowed: {', '.join(top)} (or any dotted submodule name)")
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a data-parallel wrapper (DDP keeps it as ``.module``); the model itself otherwise.
+    State dicts are saved and loaded on this, so a checkpoint does not depend on the number of workers."""
+    return getattr(model, "module", model)
+
+
 class FeatureTap:
     """Forward hooks that keep the outputs of named submodules during one forward pass."""
 
     def __init__(self, model: nn.Module, names: list[str]):
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = []
-        inner = getattr(model, "module", model)
+        inner = unwrap(model)
         for n in dict.fromkeys(names):
             self._handles.append(inner.get_submodule(n).register_forward_hook(self._hook(n)))
 

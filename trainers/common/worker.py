@@ -26,6 +26,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from trainers.common.models import unwrap
+from trainers.common.facts import RunFacts
 from trainers.common.run_logger import RunLogger
 import torch.distributed as dist
 
@@ -218,12 +220,6 @@ class TrialSession:
 LocalSession = TrialSession  # the same mechanism; the run facts' report_to says where results go
 
 
-def local_facts(run_dir: str, keep: int, score=None) -> dict:
-    """Run facts of a local-mode loop: it reports to its LocalSession and keeps its checkpoints in ``run_dir``."""
-    return {"report_to": "local", "local_checkpoints": {"dir": run_dir, "keep": keep,
-                                                        "score": list(score) if score else None}}
-
-
 class Worker:
     """Per-worker context handed to each method's loop."""
 
@@ -233,22 +229,21 @@ class Worker:
 
         _quiet_train_reports()
         self.cfg = config_cls.model_validate(loop_config["cfg"])
-        self.run = loop_config["run"]          # driver facts: run id, tracking URI, sizes, steps...
-        match_driver_priority(self.run.get("driver_niceness"))
+        self.run: RunFacts = loop_config["run"]
+        match_driver_priority(self.run.driver_niceness)
         # In-trial (a single-CPU-worker sweep trial, see pipelines.run.train): this loop runs in the Tune trial's
         # own process; results and checkpoints go to Tune, restore reads the trial's checkpoint, and the datasets
         # are the trial's own (Ray Train's API is not available inside a Tune function).
         # Local mode (scaling.num_workers=0): this loop runs in the driver (a LocalSession), and its checkpoints are
         # written under the run's storage here (trainers.common.checkpoints). Either way: one process, no DDP.
-        self._session: TrialSession | None = (TrialSession.current if self.run.get("report_to") in ("tune", "local")
-                                              else None)
-        self._trial = self._session if self.run.get("report_to") == "tune" else None
+        self._session: TrialSession | None = TrialSession.current if self.run.report_to in ("tune", "local") else None
+        self._trial = self._session if self.run.report_to == "tune" else None
         self._local = None
-        if self.run.get("report_to") == "local":
+        if self.run.report_to == "local":
             from trainers.common.checkpoints import RunCheckpoints
 
-            lc = self.run["local_checkpoints"]
-            self._local = RunCheckpoints(lc["dir"], lc["keep"], lc.get("score"))
+            lc = self.run.local_checkpoints
+            self._local = RunCheckpoints(lc.dir, lc.keep, list(lc.score) if lc.score else None)
         if self._session is not None:  # local mode uses the driver's GPU only when asked for
             self.rank, self.world_size = 0, 1
             self.device = torch.device("cuda", 0) if self._local is not None and self.cfg.scaling.use_gpu \
@@ -263,16 +258,16 @@ class Worker:
         torch.set_num_threads(threads)
         seed_everything(self.cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's)
         self.local_batch = self.cfg.train.batch_size // self.world_size
-        self.steps_per_epoch: int = self.run["steps_per_epoch"]
+        self.steps_per_epoch: int = self.run.steps_per_epoch
         self._mlflow: RunLogger | None = None
         self._t0 = time.perf_counter()
         self._t0_unix = time.time()  # the driver's start-up accounting (pipelines.run: startup.*)
-        if self.is_chief and self.run.get("mlflow_run_id"):
+        if self.is_chief and self.run.mlflow_run_id:
             import mlflow
 
-            mlflow.set_tracking_uri(self.run["tracking_uri"])
-            self._mlflow = RunLogger(self.run["tracking_uri"], self.run["mlflow_run_id"],
-                                     self.run.get("mlflow_pending_dir") or tempfile.gettempdir())
+            mlflow.set_tracking_uri(self.run.tracking_uri)
+            self._mlflow = RunLogger(self.run.tracking_uri, self.run.mlflow_run_id,
+                                     self.run.mlflow_pending_dir or tempfile.gettempdir())
 
     # -- data ---------------------------------------------------------------------------------
     def loader(self, name: str, batch_size: int | None = None) -> ShardLoader:
@@ -281,7 +276,7 @@ class Worker:
         shard = self._session.datasets.get(name) if self._session is not None else ray.train.get_dataset_shard(name)
         if shard is None:
             raise KeyError(f"dataset {name!r} was not passed to the trainer")
-        cache = self.run.get("cache_in_memory", True)
+        cache = self.run.cache_in_memory
         whole = cache and not is_training_split(name) and self.world_size > 1  # see dataset_config: not split
         return ShardLoader(shard, batch_size or self.local_batch, self.device, cache=cache,
                            seed=self.cfg.seed * 7919 + self.rank, part=(self.rank, self.world_size) if whole else None)
@@ -318,7 +313,7 @@ class Worker:
             state = torch.load(Path(d) / "state.pt", map_location=self.device, weights_only=False)
         if self.is_chief:
             log.warning("restored from checkpoint %s at epoch %d", ckpt.path, state["epoch"])
-            self.say(f"[{self.run.get('run_name', 'trainlab')}] restored from checkpoint {ckpt.path}: "
+            self.say(f"[{self.run.run_name}] restored from checkpoint {ckpt.path}: "
                      f"continuing after step {state['epoch']} (epoch; task for continual)")
             # one point per restart in MLflow: where the run picked up after a worker failure
             self.log_metrics({"restored_from_epoch": float(state["epoch"])}, step=int(state["epoch"]))
@@ -334,7 +329,7 @@ class Worker:
 
     def stop_requested(self) -> bool:
         """The user's stop request (``touch <stop_file>``), agreed on by all ranks."""
-        path = self.run.get("stop_file")
+        path = self.run.stop_file
         flag = torch.tensor([1.0 if (path and os.path.exists(path)) else 0.0])
         return bool(all_reduce_sum(flag).item() > 0)
 
@@ -406,7 +401,7 @@ class Worker:
         import mlflow
         import mlflow.pytorch
 
-        model = getattr(model, "module", model).cpu().eval()
+        model = unwrap(model).cpu().eval()
         # explicit requirements: MLflow's inference re-imports the model in a subprocess (slow)
         kw = {"pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"]}
         if isinstance(example, tuple):
@@ -414,7 +409,7 @@ class Worker:
         else:
             kw["input_example"] = example.cpu().numpy()[:2]
         try:
-            with mlflow.start_run(run_id=self.run["mlflow_run_id"]):
+            with mlflow.start_run(run_id=self.run.mlflow_run_id):
                 mlflow.pytorch.log_model(model, name=name, **kw)
         except Exception as e:  # noqa: BLE001 - tracking server down: keep the model as parked artifacts
             log.warning("log_model failed (%s); the model is kept for `trainlab sync-mlflow`", e)

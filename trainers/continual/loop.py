@@ -42,13 +42,17 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainers.common.models import unwrap
+from trainers.common.facts import Prepared
+from trainers.common.runner import LearnerBase, Unit, run_learner
 from trainers.continual.config import ContinualConfig
 from trainers.continual.masks import (ContinualState, FrozenGuard, MaskedOptimizer, apply_task, apply_zeroing_,
                                       capture_task_state, forward_masks, free_pool, layer_groups, layer_rates,
@@ -221,18 +225,18 @@ class TaskData:
 class ContinualLearner:
     """Runs spec §5 task by task on one worker (or one process: ``reduce`` = identity, ``model`` = the TaskNet).
 
-    ``model``: the (DDP-wrapped) :class:`TaskNet`; ``base``: its bare ``net``. ``prepared``: the driver facts
-    (``jsd`` matrix, ``task_classes``). ``reduce``: sum over ranks (``all_reduce_sum``)."""
+    ``model``: the (DDP-wrapped) :class:`TaskNet`; ``base``: its bare ``net``. ``jsd``: the driver's T×T task
+    divergence matrix (:attr:`TaskFacts.jsd`). ``reduce``: sum over ranks (``all_reduce_sum``)."""
 
-    def __init__(self, cfg: ContinualConfig, model: nn.Module, prepared: Mapping, data: TaskData,
+    def __init__(self, cfg: ContinualConfig, model: nn.Module, jsd: Sequence[Sequence[float]], data: TaskData,
                  reduce: Reduce = _identity, world_size: int = 1, make_opt=None, autocast=None):
         from trainers.common.worker import make_optimizer
 
         self.cfg, self.m = cfg, cfg.method
         self.model = model
-        self.wrapper: TaskNet = getattr(model, "module", model)
+        self.wrapper: TaskNet = unwrap(model)
         self.base: nn.Module = self.wrapper.net
-        self.prepared, self.data = prepared, data
+        self.jsd, self.data = jsd, data
         self.reduce, self.world_size = reduce, world_size
         self.make_opt = make_opt or (lambda params: make_optimizer(cfg.train, params))
         self.groups = layer_groups(self.base, self.m.group_overrides)
@@ -311,7 +315,7 @@ class ContinualLearner:
     def learn(self, t: int) -> dict:
         """Learn task t (1-based), then evaluate tasks 1..t; returns the task's metrics (also kept in history)."""
         m = self.m
-        jsd_matrix = self.prepared["jsd"]
+        jsd_matrix = self.jsd
         if m.variant == "finetune":
             loss = self.train_phase(t, self.cfg.train.epochs, None, phase=0)
             mask = {n: torch.ones_like(p, dtype=torch.bool) for n, p in named_weights(self.base, self.names).items()}
@@ -474,14 +478,27 @@ def task_distributions(cfg: ContinualConfig, ds, num_tasks: int) -> tuple[np.nda
     return np.stack([totals[i] for i in range(1, num_tasks + 1)]), info
 
 
-def prepare(cfg: ContinualConfig, bundle, ctx=None) -> dict:
+@dataclass(frozen=True)
+class TaskFacts:
+    """The driver's precomputation that every worker receives: the task order (``task_names``) and classes, each
+    task's input PDF (``counts``, from ``estimator``) and the T×T divergence matrix ``jsd`` (``method.measure``)."""
+
+    jsd: list[list[float]]
+    task_names: list[str]
+    task_classes: list[list[int]]
+    estimator: dict
+    counts: list[list[float]]
+
+
+def prepare(cfg: ContinualConfig, bundle, ctx=None) -> Prepared:
     """Driver-side, once per run: the task PDFs and the T×T divergence matrix (``method.measure``)."""
     counts, info = task_distributions(cfg, bundle.datasets["train"], bundle.num_tasks)
     T = bundle.num_tasks
     jsd = [[0.0 if i == j else divergence(counts[i], counts[j], cfg.method.measure) for j in range(T)]
            for i in range(T)]
-    return {"jsd": jsd, "task_names": list(bundle.task_names), "task_classes": [list(c) for c in bundle.task_classes],
-            "estimator": info, "counts": counts.tolist()}
+    return Prepared(facts=TaskFacts(jsd=jsd, task_names=list(bundle.task_names),
+                                    task_classes=[list(c) for c in bundle.task_classes], estimator=info,
+                                    counts=counts.tolist()))
 
 
 # ----------------------------------------------------------------------------------------- the worker
@@ -496,48 +513,65 @@ def _shard_tensors(loader) -> dict[str, Tensor]:
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
+class TaskStream(LearnerBase):
+    """The shared runner's view of :class:`ContinualLearner`: one unit = one task (learn it, evaluate 1..t)."""
+
+    name = "continual"
+    unit_name = "task"
+    max_reason = "all_tasks"
+
+    def __init__(self, w):
+        from trainers.common.worker import all_reduce_sum
+
+        self.w = w
+        cfg, self.m = w.cfg, w.cfg.method
+        self.prep: TaskFacts = w.run.prepared
+        self.units = T = len(self.prep.task_names)
+        base = build_model(cfg.model, w.run.input_shape, w.run.num_classes)
+        model = w.prepare(TaskNet(base).to(w.device))
+        sizes = w.run.sizes
+        data = TaskData(_shard_tensors(w.loader("train")), _shard_tensors(w.loader("eval")), self.prep.task_classes,
+                        {i: sizes[f"task{i}_train"] for i in range(1, T + 1)}, cfg.train.batch_size, w.local_batch,
+                        cfg.seed, w.rank)
+        self.learner = ContinualLearner(cfg, model, self.prep.jsd, data, all_reduce_sum, w.world_size)
+        self.meta = {"input_shape": list(w.run.input_shape), "head": int(w.run.num_classes),
+                     "model": cfg.model.model_dump(mode="json"), "variant": self.m.variant,
+                     "task_names": self.prep.task_names, "task_classes": self.prep.task_classes}
+
+    def begin(self) -> None:
+        if self.w.is_chief:
+            self.w.set_tags({"task_order": ",".join(self.prep.task_names), "estimator": str(self.prep.estimator)})
+
+    def state_dict(self) -> dict:
+        return {**self.learner.state_dict(), "meta": self.meta}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state)
+
+    def learn(self, t: int) -> Unit:
+        metrics = self.learner.learn(t)
+        row = " ".join(f"{metrics[f'acc_task_{s}']:.3f}" for s in range(1, t + 1))
+        line = (f"[continual] task {t}/{self.units} ({self.prep.task_names[t - 1]}, {self.m.variant}) acc row: {row} "
+                f"avg_acc={metrics['avg_acc']:.4f} bwt={metrics['bwt']:+.4f} new_weights={metrics['new_weights']:.0f} "
+                f"free_weights={metrics['free_weights']:.0f}"
+                + (f" jsd_to_source={metrics['jsd_to_source']:.3f}" if "jsd_to_source" in metrics else ""))
+        return Unit(metrics, line)
+
+    def conclude(self, t: int, reason: str, metrics: dict) -> dict:
+        if self.w.is_chief:
+            _log_artifacts(self.w, self.learner, self.prep)
+        return {}
+
+    def stop_tags(self, t: int) -> dict:
+        return {"tasks_learned": str(t)}
+
+
 def train_loop_per_worker(config: dict) -> None:
-    from trainers.common.worker import Worker, all_reduce_sum
+    from trainers.common.worker import Worker
 
     w = Worker(config, ContinualConfig)
-    cfg, m = w.cfg, w.cfg.method
-    prep = w.run["prepared"]
-    T = len(prep["task_names"])
-    base = build_model(cfg.model, w.run["input_shape"], w.run["num_classes"])
-    model = w.prepare(TaskNet(base).to(w.device))
-    sizes = w.run["sizes"]
-    data = TaskData(_shard_tensors(w.loader("train")), _shard_tensors(w.loader("eval")), prep["task_classes"],
-                    {i: sizes[f"task{i}_train"] for i in range(1, T + 1)}, cfg.train.batch_size, w.local_batch,
-                    cfg.seed, w.rank)
-    learner = ContinualLearner(cfg, model, prep, data, all_reduce_sum, w.world_size)
-    start = 1
-    restored = w.restore()
-    if restored is not None:
-        learner.load_state_dict(restored)
-        start = int(restored["epoch"]) + 1
-    meta = {"input_shape": list(w.run["input_shape"]), "head": int(w.run["num_classes"]),
-            "model": cfg.model.model_dump(mode="json"), "variant": m.variant,
-            "task_names": prep["task_names"], "task_classes": prep["task_classes"]}
-    if w.is_chief and start == 1:
-        w.set_tags({"task_order": ",".join(prep["task_names"]), "estimator": str(prep["estimator"])})
-    for t in range(start, T + 1):
-        metrics = learner.learn(t)
-        row = " ".join(f"{metrics[f'acc_task_{s}']:.3f}" for s in range(1, t + 1))
-        w.say(f"[continual] task {t}/{T} ({prep['task_names'][t - 1]}, {m.variant}) acc row: {row} "
-              f"avg_acc={metrics['avg_acc']:.4f} bwt={metrics['bwt']:+.4f} new_weights={metrics['new_weights']:.0f} "
-              f"free_weights={metrics['free_weights']:.0f}"
-              + (f" jsd_to_source={metrics['jsd_to_source']:.3f}" if "jsd_to_source" in metrics else ""))
-        user_stop = w.stop_requested()
-        last = t == T or user_stop
-        if last and w.is_chief:
-            _log_artifacts(w, learner, prep)
-        w.report(t, metrics, {**learner.state_dict(), "meta": meta})
-        if last:
-            w.set_tags({"stop_reason": "user_stop" if user_stop else "all_tasks", "tasks_learned": str(t)})
-            break
+    run_learner(w, TaskStream(w))
 
-
-# ----------------------------------------------------------------------------------------- artifacts
 
 def capacity_table(state: ContinualState) -> dict[str, list[float]]:
     """layer → share of its weights first owned by task 1, 2, … (the rest: still free)."""
@@ -554,7 +588,7 @@ def capacity_table(state: ContinualState) -> dict[str, list[float]]:
     return out
 
 
-def _log_artifacts(w, learner: ContinualLearner, prep: dict) -> None:
+def _log_artifacts(w, learner: ContinualLearner, prep: TaskFacts) -> None:
     import json
     import tempfile
     from pathlib import Path
@@ -565,7 +599,7 @@ def _log_artifacts(w, learner: ContinualLearner, prep: dict) -> None:
     import matplotlib.pyplot as plt
 
     T = len(learner.matrix)
-    names = prep["task_names"][:T]
+    names = prep.task_names[:T]
     R = np.full((T, T), np.nan)
     for j, row in enumerate(learner.matrix):
         R[j, :len(row)] = row
@@ -600,8 +634,8 @@ def _log_artifacts(w, learner: ContinualLearner, prep: dict) -> None:
         arrays = {f"task{t}": st.masks[t].bits for t in st.learned_tasks()}
         np.savez(Path(d) / "masks.npz", names=np.array(st.names), shapes=np.array(json.dumps(st.shapes)), **arrays)
         w.log_artifact(Path(d) / "masks.npz", "masks")
-        log = {"task_names": names, "task_classes": prep["task_classes"], "jsd": prep["jsd"],
-               "estimator": prep["estimator"], "accuracy_matrix": learner.matrix,
+        log = {"task_names": names, "task_classes": prep.task_classes, "jsd": prep.jsd,
+               "estimator": prep.estimator, "accuracy_matrix": learner.matrix,
                "records": {str(t): _jsonable(r) for t, r in st.records.items()}}
         (Path(d) / "continual_log.json").write_text(json.dumps(log, indent=1))
         w.log_artifact(Path(d) / "continual_log.json")

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainers.common.models import FeatureTap, build_classifier, check_layers
+from trainers.common.models import FeatureTap, build_classifier, check_layers, unwrap
+from trainers.common.runner import LearnerBase, Unit, run_learner
 from trainers.common.worker import (Worker, all_reduce_sum, correlation_from_stats, gather_cat,
                                     make_optimizer)
 from trainers.decorrelation.config import DecorrelationConfig
@@ -98,86 +99,109 @@ def check(cfg: DecorrelationConfig, bundle) -> None:
     tap.remove()
 
 
-def train_loop_per_worker(config: dict) -> None:
-    w = Worker(config, DecorrelationConfig)
-    cfg, m = w.cfg, w.cfg.method
-    model = build_classifier(cfg.model, tuple(w.run["input_shape"]), w.run["num_classes"])
-    check_layers(model, m.layers_labelled, "method.layers_labelled")
-    check_layers(model, m.layers_unlabelled, "method.layers_unlabelled")
-    tap = FeatureTap(model, m.layers_labelled + m.layers_unlabelled)
-    model = w.prepare(model)
-    opt = make_optimizer(cfg.train, model.parameters())
+class DecorrelationLearner(LearnerBase):
+    """S100–S108 as units of the shared runner (:mod:`trainers.common.runner`): one epoch per unit."""
 
-    src = w.loader("source_train")
-    tgt = w.loader("target_train") if USES_UNLABELLED[m.variant] else None
-    evals = {k: w.loader(k, 1024) for k in ("source_val", "target_val", "target_test")}
-    probe = m.layers_unlabelled[0]  # the layer whose target-feature correlation is reported
+    name = "decorrelation"
 
-    history: list[dict] = []
-    start = 1
-    state = w.restore()
-    if state is not None:
-        getattr(model, "module", model).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history, corr_before, start = state["history"], state["corr_before"], state["epoch"] + 1
-    else:
-        corr_before = evaluate(w, model, tap, evals["target_test"], probe, m.reduction)["R"]
+    def __init__(self, w: Worker):
+        self.w = w
+        cfg, m = w.cfg, w.cfg.method
+        self.m, self.units = m, cfg.train.epochs
+        model = build_classifier(cfg.model, tuple(w.run.input_shape), w.run.num_classes)
+        check_layers(model, m.layers_labelled, "method.layers_labelled")
+        check_layers(model, m.layers_unlabelled, "method.layers_unlabelled")
+        self.tap = FeatureTap(model, m.layers_labelled + m.layers_unlabelled)
+        self.model = w.prepare(model)
+        self.base = unwrap(self.model)
+        self.opt = make_optimizer(cfg.train, self.model.parameters())
+        self.src = w.loader("source_train")
+        self.tgt = w.loader("target_train") if USES_UNLABELLED[m.variant] else None
+        self.evals = {k: w.loader(k, 1024) for k in ("source_val", "target_val", "target_test")}
+        self.probe = m.layers_unlabelled[0]  # the layer whose target-feature correlation is reported
+        self.history: list[dict] = []
+        self.corr_before = None
+        self.recommended = False
 
-    recommended = False
-    for epoch in range(start, cfg.train.epochs + 1):
-        model.train()
+    def _evaluate(self, split: str) -> dict:
+        return evaluate(self.w, self.model, self.tap, self.evals[split], self.probe, self.m.reduction)
+
+    def begin(self) -> None:
+        self.corr_before = self._evaluate("target_test")["R"]
+
+    def state_dict(self) -> dict:
+        return {"model": self.base.state_dict(), "optimizer": self.opt.state_dict(), "history": self.history,
+                "corr_before": self.corr_before}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.history, self.corr_before = state["history"], state["corr_before"]
+
+    def learn(self, epoch: int) -> Unit:
+        w, m = self.w, self.m
+        self.model.train()
         sums = torch.zeros(4, dtype=torch.float64, device=w.device)  # on device: no host sync per step
-        tgt_batches = tgt.epoch(epoch, w.steps_per_epoch) if tgt is not None else None
-        for bs in src.epoch(epoch, w.steps_per_epoch):
+        tgt_batches = self.tgt.epoch(epoch, w.steps_per_epoch) if self.tgt is not None else None
+        for bs in self.src.epoch(epoch, w.steps_per_epoch):
             bu = next(tgt_batches) if tgt_batches is not None else None
-            terms = train_step(model, tap, opt, m, bs["x"], bs["y"], None if bu is None else bu["x"], w.autocast)
+            terms = train_step(self.model, self.tap, self.opt, m, bs["x"], bs["y"], None if bu is None else bu["x"],
+                               w.autocast)
             sums += torch.stack([terms[k].detach().double() for k in
                                  ("loss", "task_loss", "corr_loss_labelled", "corr_loss_unlabelled")])
         # the task loss is a per-worker mean: average over steps and ranks for the global mean
         means = all_reduce_sum(sums).cpu() / (w.steps_per_epoch * w.world_size)
         metrics = dict(zip(("train_loss", "task_loss", "corr_loss_labelled", "corr_loss_unlabelled"),
                            means.tolist()))
-        ev = {k: evaluate(w, model, tap, v, probe, m.reduction) for k, v in evals.items()}
+        ev = {k: self._evaluate(k) for k in self.evals}
         metrics.update(source_acc=ev["source_val"]["acc"], target_val_acc=ev["target_val"]["acc"],
                        target_acc=ev["target_test"]["acc"],
                        mean_abs_corr_target=ev["target_test"]["mean_abs_corr"])
-        history.append(dict(metrics, epoch=epoch))
+        self.history.append(dict(metrics, epoch=epoch))
 
-        # S108: completion threshold on the losses in the objective, or the user's stop request
+        # S108: completion threshold on the losses in the objective (the user's stop request: the runner)
         active = [metrics["task_loss"]]
         if m.variant in ("A", "B", "generic"):
             active.append(metrics["corr_loss_unlabelled"])
         if m.variant in ("B", "C"):
             active.append(metrics["corr_loss_labelled"])
         done = m.completion_threshold is not None and all(v <= m.completion_threshold for v in active)
-        user_stop = w.stop_requested()
-        w.say(f"[decorrelation] epoch {epoch}/{cfg.train.epochs} L={metrics['train_loss']:.4f} "
-              f"L2={metrics['task_loss']:.4f} L3={metrics['corr_loss_unlabelled']:.4f} "
-              f"L4={metrics['corr_loss_labelled']:.4f} source_acc={metrics['source_acc']:.3f} "
-              f"target_acc={metrics['target_acc']:.3f} mean|r|={metrics['mean_abs_corr_target']:.3f}")
-        if (m.completion_threshold is not None and not done and not recommended
-                and _plateaued([h["train_loss"] for h in history], m.plateau_patience)):
-            recommended = True
-            _recommend(w, f"losses plateaued above completion_threshold={m.completion_threshold} at epoch {epoch}")
-        w.report(epoch, metrics, {"model": getattr(model, "module", model).state_dict(),
-                                  "optimizer": opt.state_dict(), "history": history,
-                                  "corr_before": corr_before})
-        if done or user_stop:
-            w.say(f"[decorrelation] stopping at epoch {epoch}: "
-                  f"{'completion threshold reached' if done else 'stop requested by the user'}")
-            w.set_tags({"stop_reason": "completion_threshold" if done else "user_stop"})
-            break
-    else:
-        if m.completion_threshold is not None and not recommended:
-            _recommend(w, f"completion_threshold={m.completion_threshold} not reached in {cfg.train.epochs} epochs")
-        w.set_tags({"stop_reason": "max_epochs"})
+        line = (f"[decorrelation] epoch {epoch}/{self.units} L={metrics['train_loss']:.4f} "
+                f"L2={metrics['task_loss']:.4f} L3={metrics['corr_loss_unlabelled']:.4f} "
+                f"L4={metrics['corr_loss_labelled']:.4f} source_acc={metrics['source_acc']:.3f} "
+                f"target_acc={metrics['target_acc']:.3f} mean|r|={metrics['mean_abs_corr_target']:.3f}")
+        notes = []
+        if (m.completion_threshold is not None and not done and not self.recommended
+                and _plateaued([h["train_loss"] for h in self.history], m.plateau_patience)):
+            notes = self._recommend(f"losses plateaued above completion_threshold={m.completion_threshold} "
+                                    f"at epoch {epoch}")
+        return Unit(metrics, line, notes, "completion_threshold" if done else None)
 
-    corr_after = evaluate(w, model, tap, evals["target_test"], probe, m.reduction)["R"]
-    tap.remove()
-    if w.is_chief:
-        _log_plots(w, history, corr_before, corr_after, probe)
-        example = next(iter(evals["target_test"].full(2)))["x"]
-        w.log_model(model, example)
+    def conclude(self, epoch: int, reason: str, metrics: dict) -> dict:
+        if reason == self.max_reason and self.m.completion_threshold is not None and not self.recommended:
+            for note in self._recommend(f"completion_threshold={self.m.completion_threshold} not reached in "
+                                        f"{self.units} epochs"):
+                self.w.say(note)
+        return {}
+
+    def after(self, reason: str) -> None:
+        corr_after = self._evaluate("target_test")["R"]
+        self.tap.remove()
+        if self.w.is_chief:
+            _log_plots(self.w, self.history, self.corr_before, corr_after, self.probe)
+            example = next(iter(self.evals["target_test"].full(2)))["x"]
+            self.w.log_model(self.model, example)
+
+    def _recommend(self, why: str) -> list[str]:
+        """The patent's "more data / other learning conditions" advice (spec §6): tagged, and said once."""
+        self.recommended = True
+        self.w.set_tags({"recommendation": " | ".join(RECOMMENDATIONS), "recommendation_reason": why})
+        return [f"[decorrelation] {why}: {r}" for r in RECOMMENDATIONS]
+
+
+def train_loop_per_worker(config: dict) -> None:
+    w = Worker(config, DecorrelationConfig)
+    run_learner(w, DecorrelationLearner(w))
 
 
 def _plateaued(losses: list[float], patience: int) -> bool:
@@ -185,12 +209,6 @@ def _plateaued(losses: list[float], patience: int) -> bool:
         return False
     best_before = min(losses[:-patience])
     return min(losses[-patience:]) > best_before * 0.99
-
-
-def _recommend(w: Worker, why: str) -> None:
-    for r in RECOMMENDATIONS:
-        w.say(f"[decorrelation] {why}: {r}")
-    w.set_tags({"recommendation": " | ".join(RECOMMENDATIONS), "recommendation_reason": why})
 
 
 def _log_plots(w: Worker, history: list[dict], before: np.ndarray, after: np.ndarray, layer: str) -> None:

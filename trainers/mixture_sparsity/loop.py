@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainers.common.models import unwrap
+from trainers.common.runner import LearnerBase, Unit, run_learner
 from trainers.common.worker import Worker, all_reduce_sum, make_optimizer
 from trainers.mixture_sparsity.config import MixtureSparsityConfig
 from trainers.mixture_sparsity.losses import Regularizer, group_norms, mixture_threshold
@@ -179,56 +181,74 @@ def latency_ms(model, input_shape, batch: int, reps: int = 20) -> float:
     return float(np.median(times) * 1000)
 
 
-def train_loop_per_worker(config: dict) -> None:
-    w = Worker(config, MixtureSparsityConfig)
-    cfg, m = w.cfg, w.cfg.method
-    input_shape = tuple(w.run["input_shape"])
-    model = build_model(cfg.model, input_shape, w.run["num_classes"]).to(w.device)
-    spec = m.group_spec()
-    model = w.prepare(model)
-    base = getattr(model, "module", model)
-    opt = make_optimizer(cfg.train, model.parameters())
-    train = w.loader("source_train")
-    evals = {"val": w.loader("source_val", 1024), "test": w.loader("target_test", 1024)}
-    penalty = method_regularizer(m)  # (not `reg`: the loop below names the step's R value reg)
-    tau_cfg = None if m.budget is not None else mixture_tau(m)  # a budget decides τ; else threshold/boundary
+class MixtureSparsityLearner(LearnerBase):
+    """Training under the mixture-prior penalty, one epoch per unit of the shared runner; the last unit prunes."""
 
-    history: list[dict] = []
-    start = 1
-    state = w.restore()
-    if state is not None:
-        base.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history, start, norms_before = state["history"], state["epoch"] + 1, state["norms_before"]
-    else:
-        norms_before = exact_norms(base, spec).cpu().numpy()
+    name = "mixture_sparsity"
 
-    for epoch in range(start, cfg.train.epochs + 1):
-        model.train()
+    def __init__(self, w: Worker):
+        self.w = w
+        cfg, m = w.cfg, w.cfg.method
+        self.m, self.units = m, cfg.train.epochs
+        self.input_shape = tuple(w.run.input_shape)
+        self.spec = m.group_spec()
+        self.model = w.prepare(build_model(cfg.model, self.input_shape, w.run.num_classes).to(w.device))
+        self.base = unwrap(self.model)
+        self.opt = make_optimizer(cfg.train, self.model.parameters())
+        self.train = w.loader("source_train")
+        self.evals = {"val": w.loader("source_val", 1024), "test": w.loader("target_test", 1024)}
+        self.penalty = method_regularizer(m)
+        self.tau_cfg = None if m.budget is not None else mixture_tau(m)  # a budget decides τ; else threshold/boundary
+        self.history: list[dict] = []
+        self.norms_before = None
+        self.tau = None
+
+    def begin(self) -> None:
+        self.norms_before = exact_norms(self.base, self.spec).cpu().numpy()
+
+    def state_dict(self) -> dict:
+        return {"model": self.base.state_dict(), "optimizer": self.opt.state_dict(), "history": self.history,
+                "norms_before": self.norms_before}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.history, self.norms_before = state["history"], state["norms_before"]
+
+    def learn(self, epoch: int) -> Unit:
+        w, m, base, spec = self.w, self.m, self.base, self.spec
+        self.model.train()
         sums = torch.zeros(3, dtype=torch.float64, device=w.device)  # on device: no host sync per step
-        for b in train.epoch(epoch, w.steps_per_epoch):
-            loss, task, reg = train_step(model, base, opt, penalty, spec, b["x"], b["y"],
+        for b in self.train.epoch(epoch, w.steps_per_epoch):
+            loss, task, reg = train_step(self.model, base, self.opt, self.penalty, spec, b["x"], b["y"],
                                          m.lam if epoch > m.warmup_epochs else 0.0, w.autocast)
             sums += torch.stack([loss.double(), task.double(), reg.double()])
         means = all_reduce_sum(sums).cpu() / (w.steps_per_epoch * w.world_size)
         norms = exact_norms(base, spec)
-        tau = tau_cfg if tau_cfg is not None else budget_threshold(base, spec, norms, m.budget, m.budget_unit)
+        tau = self.tau_cfg if self.tau_cfg is not None else budget_threshold(base, spec, norms, m.budget,
+                                                                              m.budget_unit)
+        self.tau = tau
         metrics = {"train_loss": means[0].item(), "task_loss": means[1].item(), "reg_loss": means[2].item(),
-                   "val_acc": accuracy(w, model, evals["val"]), "test_acc": accuracy(w, model, evals["test"]),
+                   "val_acc": accuracy(w, self.model, self.evals["val"]),
+                   "test_acc": accuracy(w, self.model, self.evals["test"]),
                    "pruned_fraction": (norms < tau).double().mean().item(), "threshold": tau}
-        user_stop = w.stop_requested()
-        last = epoch == cfg.train.epochs or user_stop
-        if last:  # the pruner runs before the last report, so its figures reach Tune, MLflow and the summary
-            metrics.update(_prune_and_measure(w, base, spec, tau, evals["test"], input_shape, norms_before))
-        history.append(dict(metrics, epoch=epoch))
-        w.say(f"[mixture_sparsity] epoch {epoch}/{cfg.train.epochs} L={metrics['train_loss']:.4f} "
-              f"E={metrics['task_loss']:.4f} R={metrics['reg_loss']:.3f} val_acc={metrics['val_acc']:.3f} "
-              f"pruned_fraction={metrics['pruned_fraction']:.3f} (τ={tau:.3g})")
-        w.report(epoch, metrics, {"model": base.state_dict(), "optimizer": opt.state_dict(), "history": history,
-                                  "norms_before": norms_before})
-        if last:
-            w.set_tags({"stop_reason": "user_stop" if user_stop else "max_epochs"})
-            break
+        self.history.append(dict(metrics, epoch=epoch))
+        line = (f"[mixture_sparsity] epoch {epoch}/{self.units} L={metrics['train_loss']:.4f} "
+                f"E={metrics['task_loss']:.4f} R={metrics['reg_loss']:.3f} val_acc={metrics['val_acc']:.3f} "
+                f"pruned_fraction={metrics['pruned_fraction']:.3f} (τ={tau:.3g})")
+        return Unit(metrics, line)
+
+    def conclude(self, epoch: int, reason: str, metrics: dict) -> dict:
+        # the pruner runs before the last report, so its figures reach Tune, MLflow and the summary
+        out = _prune_and_measure(self.w, self.base, self.spec, self.tau, self.evals["test"], self.input_shape,
+                                 self.norms_before)
+        self.history[-1].update(out)
+        return out
+
+
+def train_loop_per_worker(config: dict) -> None:
+    w = Worker(config, MixtureSparsityConfig)
+    run_learner(w, MixtureSparsityLearner(w))
 
 
 def _prune_and_measure(w: Worker, dense, spec, tau: float, test_loader, input_shape, norms_before) -> dict:

@@ -19,13 +19,16 @@ import contextlib
 import numpy as np
 import torch
 
+from trainers.common.models import unwrap
+from trainers.common.facts import Prepared
+from trainers.common.runner import LearnerBase, Unit, run_learner
 from trainers.common.worker import Worker, all_reduce_sum
 from trainers.ssd2gan.config import Ssd2ganConfig
 from trainers.ssd2gan.losses import (d_loss, discriminator_losses, durall_spectral_loss, freq, freq_channels,
                                      freq_mse_loss, frechet_distance_from_stats, g_loss, g_loss_terms,
                                      average_power_spectrum, spectral_error_from_spectra)
 from trainers.ssd2gan.models import Discriminator, Generator
-from trainers.ssd2gan.quality import classifier_from, features, reference
+from trainers.ssd2gan.quality import QualityReference, classifier_from, features, reference
 
 LOSS_KEYS = ("loss_g", "loss_gs", "loss_gf", "loss_ds", "loss_ds_gan", "loss_df", "loss_consistency",
              "loss_spectral")
@@ -132,7 +135,7 @@ def _real_images(ds) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
-def prepare(cfg: Ssd2ganConfig, bundle, ctx=None) -> dict:
+def prepare(cfg: Ssd2ganConfig, bundle, ctx=None) -> Prepared:
     """Driver-side, once per run: the quality reference (feature classifier, real feature Gaussians,
     real power spectra), shipped to every worker."""
     x, y = _real_images(bundle.datasets["source_train"])
@@ -141,78 +144,98 @@ def prepare(cfg: Ssd2ganConfig, bundle, ctx=None) -> dict:
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(f"data.source: image values span [{lo:.3g}, {hi:.3g}]; allowed: [0, 1] "
                          "(trainlab maps them to G's range [−1, 1])")
-    return reference(x * 2 - 1, y, xv * 2 - 1)
+    return Prepared(facts=reference(x * 2 - 1, y, xv * 2 - 1))
 
 
 # ----------------------------------------------------------------------------------------- the worker
 
-def train_loop_per_worker(config: dict) -> None:
-    w = Worker(config, Ssd2ganConfig)
-    cfg, m = w.cfg, w.cfg.method
-    ref = w.run["prepared"]
-    channels = int(w.run["input_shape"][0])
-    g, ds, df = build_models(cfg, channels)
-    g, ds = w.prepare(g.to(w.device)), w.prepare(ds.to(w.device))
-    df = w.prepare(df.to(w.device)) if df is not None else None
-    base = {k: getattr(v, "module", v) for k, v in (("g", g), ("ds", ds), ("df", df)) if v is not None}
-    opts = make_optimizers(cfg, g, ds, df)
-    train = w.loader("source_train")
-    quality = Quality(ref, m, w.device) if w.is_chief else None
+class Ssd2ganLearner(LearnerBase):
+    """G, Ds and Df trained together; one unit of the shared runner = ``method.eval_every`` G steps, then rank 0
+    measures quality against the driver's reference."""
 
-    history: list[dict] = []
-    start, best_fd, best_g = 1, float("inf"), None
-    state = w.restore()
-    if state is not None:
-        for k, mod in base.items():
+    name = "ssd2gan"
+    max_reason = "max_steps"
+
+    def __init__(self, w: Worker):
+        self.w = w
+        cfg, m = w.cfg, w.cfg.method
+        self.cfg, self.m, self.units = cfg, m, cfg.train.epochs
+        g, ds, df = build_models(cfg, int(w.run.input_shape[0]))
+        self.g, self.ds = w.prepare(g.to(w.device)), w.prepare(ds.to(w.device))
+        self.df = w.prepare(df.to(w.device)) if df is not None else None
+        self.base = {k: unwrap(v) for k, v in (("g", self.g), ("ds", self.ds), ("df", self.df))
+                     if v is not None}
+        self.opts = make_optimizers(cfg, self.g, self.ds, self.df)
+        self.train = w.loader("source_train")
+        self.quality = Quality(w.run.prepared, m, w.device) if w.is_chief else None
+        self.history: list[dict] = []
+        self.best_fd, self.best_g, self.step = float("inf"), None, 0
+        self.gen = None  # the noise stream: seeded by rank and by the first unit this job trains (see learn)
+
+    def state_dict(self) -> dict:
+        return {**{k: v.state_dict() for k, v in self.base.items()},
+                **{f"opt_{k}": o.state_dict() for k, o in self.opts.items()},
+                "history": self.history, "best_fd": self.best_fd, "best_g": self.best_g, "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, mod in self.base.items():
             mod.load_state_dict(state[k])
-        for k, o in opts.items():
+        for k, o in self.opts.items():
             o.load_state_dict(state[f"opt_{k}"])
-        history, start, best_fd, best_g = state["history"], state["epoch"] + 1, state["best_fd"], state["best_g"]
-    gen = torch.Generator(device=w.device).manual_seed(cfg.seed * 1_000_003 + 17 * w.rank + start)
+        self.history, self.best_fd, self.best_g = state["history"], state["best_fd"], state["best_g"]
 
-    for epoch in range(start, cfg.train.epochs + 1):
-        g.train(), ds.train()
-        if df is not None:
-            df.train()
+    def learn(self, epoch: int) -> Unit:
+        w, m, base = self.w, self.m, self.base
+        if self.gen is None:  # a restarted job draws new noise rather than replaying the first job's
+            self.gen = torch.Generator(device=w.device).manual_seed(self.cfg.seed * 1_000_003 + 17 * w.rank + epoch)
+        self.g.train(), self.ds.train()
+        if self.df is not None:
+            self.df.train()
         rows = []
-        for b in train.epoch(epoch, m.eval_every):
+        for b in self.train.epoch(epoch, m.eval_every):
             x = b["x"] * 2 - 1
-            z = torch.randn(x.shape[0], cfg.model.z_dim, device=w.device, generator=gen)
-            rows.append(torch.stack(list(train_step(g, ds, df, opts, x, z, m).values())))
+            z = torch.randn(x.shape[0], self.cfg.model.z_dim, device=w.device, generator=self.gen)
+            rows.append(torch.stack(list(train_step(self.g, self.ds, self.df, self.opts, x, z, m).values())))
         steps = torch.stack(rows)                                   # (eval_every, len(LOSS_KEYS)) on device
         means = all_reduce_sum(steps.double().sum(0)).cpu() / (len(rows) * w.world_size)
-        step = epoch * m.eval_every
+        self.step = step = epoch * m.eval_every
         # per-step values go to MLflow under their own names (step = G step); the interval means that
         # Tune and the summary see are "<name>_avg" (step = evaluation index, like every method's epoch)
         metrics = {f"{k}_avg": means[i].item() for i, k in enumerate(LOSS_KEYS)} | {"step": float(step)}
         if w.is_chief:
             w.log_steps(dict(zip(LOSS_KEYS, steps.cpu().double().numpy().T)), first_step=step - len(rows) + 1)
-            metrics.update(quality.measure(base["g"]))
-            if metrics["fd"] < best_fd:
-                best_fd, best_g = metrics["fd"], {k: v.detach().cpu().clone() for k, v in base["g"].state_dict().items()}
-            quality.log_grid(w, base["g"], step)
-        best_fd = float(all_reduce_sum(torch.tensor([best_fd if w.is_chief else 0.0], dtype=torch.float64)).item())
-        metrics["best_fd"] = best_fd
-        history.append(dict(metrics, epoch=epoch))
-        w.say(f"[ssd2gan] step {step} ({m.variant}) L_G={metrics['loss_g_avg']:.3f} L_Ds={metrics['loss_ds_avg']:.3f} "
-              f"L_Df={metrics['loss_df_avg']:.3f} fd={metrics.get('fd', float('nan')):.2f} "
-              f"spectral_error_high={metrics.get('spectral_error_high', float('nan')):.3f}")
-        user_stop = w.stop_requested()
-        last = epoch == cfg.train.epochs or user_stop
-        if last and w.is_chief:
-            quality.log_final(w, history, base["g"], best_g)
-        w.report(epoch, metrics, {**{k: v.state_dict() for k, v in base.items()},
-                                  **{f"opt_{k}": o.state_dict() for k, o in opts.items()},
-                                  "history": history, "best_fd": best_fd, "best_g": best_g, "step": step})
-        if last:
-            w.set_tags({"stop_reason": "user_stop" if user_stop else "max_steps", "total_steps": str(step)})
-            break
+            metrics.update(self.quality.measure(base["g"]))
+            if metrics["fd"] < self.best_fd:
+                self.best_fd = metrics["fd"]
+                self.best_g = {k: v.detach().cpu().clone() for k, v in base["g"].state_dict().items()}
+            self.quality.log_grid(w, base["g"], step)
+        self.best_fd = float(all_reduce_sum(torch.tensor([self.best_fd if w.is_chief else 0.0],
+                                                         dtype=torch.float64)).item())
+        metrics["best_fd"] = self.best_fd
+        self.history.append(dict(metrics, epoch=epoch))
+        line = (f"[ssd2gan] step {step} ({m.variant}) L_G={metrics['loss_g_avg']:.3f} L_Ds={metrics['loss_ds_avg']:.3f} "
+                f"L_Df={metrics['loss_df_avg']:.3f} fd={metrics.get('fd', float('nan')):.2f} "
+                f"spectral_error_high={metrics.get('spectral_error_high', float('nan')):.3f}")
+        return Unit(metrics, line)
+
+    def conclude(self, epoch: int, reason: str, metrics: dict) -> dict:
+        if self.w.is_chief:
+            self.quality.log_final(self.w, self.history, self.base["g"], self.best_g)
+        return {}
+
+    def stop_tags(self, epoch: int) -> dict:
+        return {"total_steps": str(self.step)}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    w = Worker(config, Ssd2ganConfig)
+    run_learner(w, Ssd2ganLearner(w))
 
 
 class Quality:
     """Rank 0's measurements against the driver's reference (see :mod:`trainers.ssd2gan.quality`)."""
 
-    def __init__(self, ref: dict, m, device):
+    def __init__(self, ref: QualityReference, m, device):
         self.ref, self.m, self.device = ref, m, device
         self.classifier = classifier_from(ref).to(device)
 
@@ -230,10 +253,10 @@ class Quality:
         fake = self.sample(g, self.m.fd_samples, seed=2024)
         f = features(self.classifier, fake)
         mu, sigma = f.mean(0), np.cov(f, rowvar=False)
-        out = {"fd": frechet_distance_from_stats(mu, sigma, self.ref["mu"], self.ref["sigma"]),
-               "fd_val": frechet_distance_from_stats(mu, sigma, self.ref["mu_val"], self.ref["sigma_val"])}
+        out = {"fd": frechet_distance_from_stats(mu, sigma, self.ref.mu, self.ref.sigma),
+               "fd_val": frechet_distance_from_stats(mu, sigma, self.ref.mu_val, self.ref.sigma_val)}
         p_fake = average_power_spectrum(fake.float().cpu(), "dft2").numpy()
-        err = spectral_error_from_spectra(self.ref["spectrum_dft"], p_fake, "dft2")
+        err = spectral_error_from_spectra(self.ref.spectrum_dft, p_fake, "dft2")
         out["spectral_error"], out["spectral_error_high"] = err["total"], err["high"]
         self.last_fake_spectrum = p_fake
         return out
@@ -274,7 +297,7 @@ class Quality:
         w.log_figure(fig, "fd_curve.png")
         plt.close(fig)
         # real vs generated average power spectra (the patent's Figs. 2 / 7)
-        real, fake = self.ref["spectrum_dft"], self.last_fake_spectrum
+        real, fake = self.ref.spectrum_dft, self.last_fake_spectrum
         fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
         for a, p, t in ((ax[0], real, "real"), (ax[1], fake, f"generated ({self.m.variant})")):
             im = a.imshow(np.log10(np.fft.fftshift(p) + 1e-10), cmap="viridis")

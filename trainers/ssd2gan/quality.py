@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -89,21 +90,39 @@ def features(model: SmallCNN, x: torch.Tensor, batch: int = 512) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def reference(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) -> dict:
-    """Everything the workers need to measure quality, computed once on the driver: the classifier's
-    weights, the feature Gaussians of the real train / val images, their average power spectra."""
+@dataclass(frozen=True)
+class QualityReference:
+    """Everything the workers need to measure quality, computed once on the driver (``prepare``): the feature
+    classifier's weights (``classifier_state``, its input shape and classes, how it was obtained), the feature
+    Gaussians of the real train (``mu``, ``sigma``) and held-out (``mu_val``, ``sigma_val``) images, and their
+    average power spectra."""
+
+    classifier_state: dict
+    classifier_shape: tuple[int, ...]
+    num_classes: int
+    classifier_info: dict
+    mu: np.ndarray
+    sigma: np.ndarray
+    mu_val: np.ndarray
+    sigma_val: np.ndarray
+    spectrum_dft: np.ndarray
+    spectrum_dct: np.ndarray
+
+
+def reference(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) -> QualityReference:
+    """The :class:`QualityReference` of real train images ``x_train`` (labels ``y_train``) and held-out ``x_val``."""
     model, info = feature_classifier(x_train, y_train)
     xt, xv = torch.as_tensor(x_train), torch.as_tensor(x_val)
     mu, sigma = gaussian_stats(features(model, xt))
     mu_v, sigma_v = gaussian_stats(features(model, xv))
-    return {"classifier_state": {k: v.clone() for k, v in model.state_dict().items()},
-            "classifier_shape": list(x_train.shape[1:]), "num_classes": int(y_train.max()) + 1,
-            "classifier_info": info, "mu": mu, "sigma": sigma, "mu_val": mu_v, "sigma_val": sigma_v,
-            "spectrum_dft": average_power_spectrum(xt, "dft2").numpy(),
-            "spectrum_dct": average_power_spectrum(xt, "dct2").numpy()}
+    return QualityReference(
+        classifier_state={k: v.clone() for k, v in model.state_dict().items()},
+        classifier_shape=tuple(x_train.shape[1:]), num_classes=int(y_train.max()) + 1, classifier_info=info,
+        mu=mu, sigma=sigma, mu_val=mu_v, sigma_val=sigma_v, spectrum_dft=average_power_spectrum(xt, "dft2").numpy(),
+        spectrum_dct=average_power_spectrum(xt, "dct2").numpy())
 
 
-def classifier_from(ref: dict) -> SmallCNN:
-    model = _new_classifier(tuple(ref["classifier_shape"]), ref["num_classes"])
-    model.load_state_dict(ref["classifier_state"])
+def classifier_from(ref: QualityReference) -> SmallCNN:
+    model = _new_classifier(tuple(ref.classifier_shape), ref.num_classes)
+    model.load_state_dict(ref.classifier_state)
     return model.eval()
