@@ -40,9 +40,10 @@ from trainers.shift_explainer.config import ShiftExplainerConfig
 from trainers.shift_explainer.grid import Grid, generate_diagonal, generate_grid, interpolate
 from trainers.shift_explainer.losses import (bigan_d_loss, bigan_eg_loss, cycle_loss, grid_fidelity, hsic_dependence,
                                              hue, ink, latent_invariance, latent_prior, per_sample_loss, recon_loss,
-                                             select_pair, shift_test, style_d_loss, style_g_loss, vae_loss)
+                                             shift_test, style_d_loss, style_g_loss, vae_loss)
 from trainers.shift_explainer.models import (DomainDiscriminator, JointDiscriminator, LossConditionedGenerator,
                                              StyleTransformer)
+from trainers.shift_explainer.selection import select_pair
 
 DOMAIN_SPLITS = {"d1": ("d1_train", "d1_val"), "d2": ("d2_train", "d2_val")}
 LOSS_KEYS = ("loss_total", "loss_recon", "loss_kl", "loss_d", "loss_z_dependence", "loss_style_cycle",
