@@ -51,7 +51,7 @@ def test_bad_config_values_name_the_field(sets, field, fragment):
 def test_colour_thickness_benchmark_has_the_known_cause():
     """Domain 2 = thicker strokes (ink proxy clearly higher); both domains cover every hue (colour is not
     the shift); deterministic in the seed; disjoint digits; labelled everywhere."""
-    from trainers.shift_explainer.losses import hue, ink
+    from trainers.shift_explainer.metrics import hue, ink
 
     a, b = embedded_colour_thickness(0), embedded_colour_thickness(0)
     for k in a:

@@ -38,9 +38,9 @@ from trainers.common.context import DriverContext
 from trainers.common.worker import Worker, all_reduce_sum, average_gradients
 from trainers.shift_explainer.config import ShiftExplainerConfig
 from trainers.shift_explainer.grid import Grid, generate_diagonal, generate_grid, interpolate
-from trainers.shift_explainer.losses import (bigan_d_loss, bigan_eg_loss, cycle_loss, grid_fidelity, hsic_dependence,
-                                             hue, ink, latent_invariance, latent_prior, per_sample_loss, recon_loss,
-                                             shift_test, style_d_loss, style_g_loss, vae_loss)
+from trainers.shift_explainer.losses import (bigan_d_loss, bigan_eg_loss, cycle_loss, hsic_dependence, latent_prior,
+                                             per_sample_loss, recon_loss, style_d_loss, style_g_loss, vae_loss)
+from trainers.shift_explainer.metrics import grid_fidelity, hue, ink, latent_invariance, shift_test
 from trainers.shift_explainer.models import (DomainDiscriminator, JointDiscriminator, LossConditionedGenerator,
                                              StyleTransformer)
 from trainers.shift_explainer.selection import select_pair
