@@ -310,7 +310,7 @@ def _shift_gen_train(cfg, bundle):
     import ray.data
     import torch
 
-    from trainers.shift_explainer.loop import build_classifier
+    from trainers.shift_explainer.classifier import build_classifier
     from trainers.shift_explainer.losses import per_sample_loss
 
     torch.manual_seed(cfg.seed)
