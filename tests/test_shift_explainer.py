@@ -284,7 +284,7 @@ def test_two_workers_bigan_with_style_transformer(ray_session, workdir):
                                   ["method.model_type=ae", "method.style_transformer=true"]],
                          ids=["ae", "vae", "bigan", "ae+independence", "ae+style"])
 def test_train_step_moves_every_trained_model_and_reports_its_losses(sets, one_torch_thread):
-    from trainers.shift_explainer.loop import LOSS_KEYS, build_models, make_optimizers, train_step
+    from trainers.shift_explainer.step import LOSS_KEYS, build_models, make_optimizers, train_step
 
     cfg = load_config("shift_explainer", sets=sets + ["model.width=8"])
     torch.manual_seed(0)
@@ -312,7 +312,7 @@ def test_the_independence_penalty_removes_loss_information_from_z(one_torch_thre
     """method.z_independence: on images whose L is the brightness of a square, a probe fitted afterwards
     predicts L from Z almost perfectly without the penalty and no better than the mean with it, at the same
     reconstruction error (the decoder takes the brightness from its condition instead)."""
-    from trainers.shift_explainer.loop import build_models, make_optimizers, train_step
+    from trainers.shift_explainer.step import build_models, make_optimizers, train_step
     from trainers.shift_explainer.losses import recon_loss
 
     g = torch.Generator().manual_seed(0)
