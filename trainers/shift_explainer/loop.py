@@ -31,131 +31,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainers.common.context import DriverContext
 from trainers.common.worker import Worker, all_reduce_sum
-from trainers.shift_explainer.classifier import obtain_classifier, pack_classifier, unpack_classifier
+from trainers.shift_explainer.classifier import unpack_classifier
 from trainers.shift_explainer.config import ShiftExplainerConfig
 from trainers.shift_explainer.grid import Grid, generate_diagonal, generate_grid, interpolate
 from trainers.shift_explainer.losses import per_sample_loss
-from trainers.shift_explainer.metrics import grid_fidelity, hue, ink, latent_invariance, shift_test
-from trainers.shift_explainer.selection import select_pair
+from trainers.shift_explainer.metrics import grid_fidelity, hue, ink, latent_invariance
+from trainers.shift_explainer.selection import select
 from trainers.shift_explainer.step import LOSS_KEYS, Models, build_models, evaluate, make_optimizers, train_step
-
-DOMAIN_SPLITS = {"d1": ("d1_train", "d1_val"), "d2": ("d2_train", "d2_val")}
-
-
-# =============================================================================================
-# Driver side: classifier, batch inference, selection
-# =============================================================================================
-
-def check(cfg: ShiftExplainerConfig, bundle) -> None:
-    """Images (C, H, W) with H = W a multiple of 4 and 1..4 channels; every split non-empty and labelled."""
-    shape = tuple(bundle.input_shape)
-    if len(shape) != 3 or shape[1] != shape[2] or shape[1] % 4 or not 1 <= shape[0] <= 4:
-        raise ValueError(f"data: inputs of shape {shape}; allowed: images (C, H, W) with 1 <= C <= 4 and H = W a "
-                         "multiple of 4 (shift_explainer's encoder/decoder are convolutional)")
-    for split, n in bundle.sizes.items():
-        if split in sum(DOMAIN_SPLITS.values(), ()) and n < 1:
-            raise ValueError(f"data.source: split {split} is empty; allowed: rows in every split of both domains")
-    if bundle.num_classes < 2:
-        raise ValueError(f"data.source: {bundle.num_classes} class(es); allowed: at least 2 labels")
-
-
-class Scorer:
-    """Ray Data batch-inference UDF (one actor holds f): adds ``loss`` = ℓ(f(x), y), ``prob`` = softmax f(x),
-    ``pred`` to every row."""
-
-    def __init__(self, packed: dict, input_shape, num_classes: int, loss_fn: str):
-        torch.set_num_threads(1)
-        self.model = unpack_classifier(packed, input_shape, num_classes)
-        self.loss_fn = loss_fn
-
-    def __call__(self, batch: dict) -> dict:
-        x = torch.from_numpy(np.array(batch["x"], np.float32))      # a writable copy of Ray's read-only block
-        y = torch.from_numpy(np.array(batch["y"], np.int64))
-        with torch.no_grad():
-            logits = self.model(x).float()
-        batch["loss"] = per_sample_loss(logits, y, self.loss_fn).numpy().astype(np.float32)
-        batch["prob"] = torch.softmax(logits, 1).numpy().astype(np.float32)
-        batch["pred"] = logits.argmax(1).numpy().astype(np.int64)
-        return batch
-
-
-def _tag(i: int, domain: int):
-    def fn(b: dict) -> dict:
-        n = len(b["y"])
-        b["part"], b["domain"] = np.full(n, i, np.int64), np.full(n, domain, np.int64)
-        return b
-    return fn
-
-
-def score(bundle, packed: dict, loss_fn: str):
-    """Every row of both domains through f in ONE Ray Data batch-inference pass; returns the materialised
-    dataset (columns x, y, part (index in SPLIT_ORDER), domain (1|2), loss, prob, pred)."""
-    parts = [bundle.datasets[s].map_batches(_tag(i, 1 if s.startswith("d1") else 2), batch_format="numpy")
-             for i, s in enumerate(SPLIT_ORDER)]
-    ds = parts[0].union(*parts[1:])
-    kw = {"packed": packed, "input_shape": tuple(bundle.input_shape), "num_classes": bundle.num_classes,
-          "loss_fn": loss_fn}
-    return ds.map_batches(Scorer, fn_constructor_kwargs=kw,
-                          batch_size=256, batch_format="numpy", concurrency=1, num_cpus=1).materialize()
-
-
-SPLIT_ORDER = ("d1_train", "d1_val", "d2_train", "d2_val")
-
-
-def _columns(ds) -> dict[str, np.ndarray]:
-    parts: dict[str, list] = {}
-    for b in ds.iter_batches(batch_size=4096, batch_format="numpy"):
-        for k, v in b.items():
-            parts.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def select(m, pool: dict) -> dict:
-    """S104 over the pools (``pool["d1"]`` / ``pool["d2"]``: x, y, loss): indices and the two samples."""
-    tau1, tau2 = m.tau1, m.tau2
-    if m.selection == "threshold" and m.tau_unit == "quantile":
-        tau1, tau2 = float(np.quantile(pool["d1"]["loss"], tau1)), float(np.quantile(pool["d2"]["loss"], tau2))
-    i1, i2 = select_pair(pool["d1"]["loss"], pool["d2"]["loss"], pool["d1"]["y"], pool["d2"]["y"],
-                         mode=m.selection, tau1=tau1, tau2=tau2, strict=m.strict, same_class=m.same_class,
-                         seed=m.pair_seed)
-    return {"i1": int(i1), "i2": int(i2),
-            "x1": pool["d1"]["x"][i1], "y1": int(pool["d1"]["y"][i1]), "l1": float(pool["d1"]["loss"][i1]),
-            "x2": pool["d2"]["x"][i2], "y2": int(pool["d2"]["y"][i2]), "l2": float(pool["d2"]["loss"][i2])}
-
-
-def prepare(cfg: ShiftExplainerConfig, bundle, ctx: DriverContext) -> dict:
-    """S101–S104 on the driver (see the module docstring). Returns the facts every worker gets, with
-    ``datasets`` (what the TorchTrainer trains on: ``gen_train`` = domain-1 ∪ domain-2 train rows, ``gen_val``
-    = the val rows, columns x, y, loss, domain) and ``sizes``."""
-    m = cfg.method
-    classifier, source = obtain_classifier(cfg, bundle, ctx)
-    packed = pack_classifier(classifier, source, ctx.tracking_uri)
-    scored = score(bundle, packed, m.loss_fn)
-    cols = _columns(scored)
-    by_part = {s: cols["part"] == i for i, s in enumerate(SPLIT_ORDER)}
-    acc = {d: float((cols["pred"][mask] == cols["y"][mask]).mean())
-           for d, mask in (("d1", by_part["d1_val"]), ("d2", cols["domain"] == 2))}
-    shift = shift_test(cols["prob"][by_part["d1_val"]], cols["prob"][cols["domain"] == 2])
-    train_rows = by_part["d1_train"] | by_part["d2_train"]
-    loss_mean = float(cols["loss"][train_rows].mean())
-    loss_std = float(max(cols["loss"][train_rows].std(), 1e-6))
-    pool = {d: {k: cols[k][cols["domain"] == (1 if d == "d1" else 2)] for k in ("x", "y", "loss")}
-            for d in ("d1", "d2")}
-    chosen = select(m, pool)          # raises a ValueError naming method.tau1 / tau2 with the observed range
-    keep = ["x", "y", "loss", "domain"]
-    datasets = {"gen_train": scored.filter(lambda r: r["part"] in (0, 2)).select_columns(keep).materialize(),
-                "gen_val": scored.filter(lambda r: r["part"] in (1, 3)).select_columns(keep).materialize()}
-    return {"datasets": datasets,
-            "sizes": {**bundle.sizes, "gen_train": int(train_rows.sum()), "gen_val": int((~train_rows).sum())},
-            "classifier": packed, "classifier_source": source, "pool": pool, "selection": chosen,
-            "loss_mean": loss_mean, "loss_std": loss_std,
-            "loss_range": {d: [float(pool[d]["loss"].min()), float(pool[d]["loss"].max())] for d in pool},
-            "metrics": {"classifier_acc_domain1": acc["d1"], "classifier_acc_domain2": acc["d2"],
-                        "shift_pvalue": float(shift["pvalue"]), "shift_ks_stat": float(shift["ks_stat_max"]),
-                        "loss_mean_domain1": float(pool["d1"]["loss"].mean()),
-                        "loss_mean_domain2": float(pool["d2"]["loss"].mean())}}
 
 
 # =============================================================================================

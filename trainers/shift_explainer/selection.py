@@ -1,5 +1,6 @@
 """S104 of ``shift_explainer`` (JP7517093B2): which domain-1 and domain-2 samples the grid explains (Eq. 4).
-Pure numpy, no Ray (``tests/test_shift_explainer_math.py``).
+Pure numpy, no Ray (``tests/test_shift_explainer_math.py``): :func:`select_pair` on two loss arrays, and
+:func:`select`, the same over the pools with the settings of the ``method`` section.
 
 Selection (spec §2.4, Eq. 4; §8.3 test 5; :func:`select_pair`)
     ``"extreme"`` (Mode A): x(1) = argmin_{D1} L, x(2) = argmax_{D2} L.
@@ -135,3 +136,16 @@ def select_pair(loss1, loss2, y1, y2, *, mode: str = "extreme", tau1: float | No
         c1 = c1[lab1[c1] == lab2[i2]]
     i1 = int(rng.choice(c1))
     return i1, i2
+
+
+def select(m, pool: dict) -> dict:
+    """S104 over the pools (``pool["d1"]`` / ``pool["d2"]``: x, y, loss): indices and the two samples."""
+    tau1, tau2 = m.tau1, m.tau2
+    if m.selection == "threshold" and m.tau_unit == "quantile":
+        tau1, tau2 = float(np.quantile(pool["d1"]["loss"], tau1)), float(np.quantile(pool["d2"]["loss"], tau2))
+    i1, i2 = select_pair(pool["d1"]["loss"], pool["d2"]["loss"], pool["d1"]["y"], pool["d2"]["y"],
+                         mode=m.selection, tau1=tau1, tau2=tau2, strict=m.strict, same_class=m.same_class,
+                         seed=m.pair_seed)
+    return {"i1": int(i1), "i2": int(i2),
+            "x1": pool["d1"]["x"][i1], "y1": int(pool["d1"]["y"][i1]), "l1": float(pool["d1"]["loss"][i1]),
+            "x2": pool["d2"]["x"][i2], "y2": int(pool["d2"]["y"][i2]), "l2": float(pool["d2"]["loss"][i2])}

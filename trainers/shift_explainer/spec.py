@@ -16,7 +16,8 @@ SUMMARY = ("loss-conditioned generative model: an interpolation grid shows which
 def spec() -> MethodSpec:
     from pipelines.data import build_shift_pair
     from trainers.shift_explainer.config import ShiftExplainerConfig
-    from trainers.shift_explainer.loop import check, explain_from_checkpoint, prepare, train_loop_per_worker
+    from trainers.shift_explainer.loop import explain_from_checkpoint, train_loop_per_worker
+    from trainers.shift_explainer.prepare import check, prepare
 
     return MethodSpec(
         key="shift_explainer",

@@ -16,7 +16,6 @@ from trainers.shift_explainer.losses import (bigan_d_loss, bigan_eg_loss, cycle_
 from trainers.shift_explainer.models import (DomainDiscriminator, JointDiscriminator, LossConditionedGenerator,
                                              StyleTransformer)
 
-
 LOSS_KEYS = ("loss_total", "loss_recon", "loss_kl", "loss_d", "loss_z_dependence", "loss_style_cycle",
              "loss_style_g", "loss_style_d")
 
