@@ -163,7 +163,7 @@ def test_explain_from_the_checkpoint_in_seconds(quick_run, tmp_path):
     """`trainlab explain` redraws the grid with other settings from the final checkpoint, without Ray; the
     classifier stored there reproduces the losses the generator was conditioned on (f never changed)."""
     from trainers.shift_explainer.classifier import unpack_classifier
-    from trainers.shift_explainer.loop import load_final_state
+    from trainers.shift_explainer.explanation import load_final_state
     from trainers.shift_explainer.losses import per_sample_loss
 
     r = quick_run["runs"][0]
