@@ -282,7 +282,7 @@ def build_step(method: str, cfg, src, info: dict, device, prepare, autocast, wor
         return step, bsz
 
     if method == "shift_explainer":
-        from trainers.shift_explainer.loop import build_models, make_optimizers, train_step
+        from trainers.shift_explainer.step import build_models, make_optimizers, train_step
 
         inf = info[method]
         models = build_models(cfg, shape, inf["loss_mean"], inf["loss_std"])
@@ -310,7 +310,7 @@ def _shift_gen_train(cfg, bundle):
     import ray.data
     import torch
 
-    from trainers.shift_explainer.loop import build_classifier
+    from trainers.shift_explainer.classifier import build_classifier
     from trainers.shift_explainer.losses import per_sample_loss
 
     torch.manual_seed(cfg.seed)

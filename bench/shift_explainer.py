@@ -51,7 +51,7 @@ def main() -> None:
     store = isolated_store("trainlab-bench-se-")
     from pipelines.cluster import init_ray
     from pipelines.run import load_config, train
-    from trainers.shift_explainer.loop import explain_from_checkpoint
+    from trainers.shift_explainer.explanation import explain_from_checkpoint
 
     init_ray(num_cpus=4)
     base = ["tracking.log_model=false"] + ([f"train.epochs={args.epochs}"] if args.epochs else []) + args.sets

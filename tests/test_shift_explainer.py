@@ -51,7 +51,7 @@ def test_bad_config_values_name_the_field(sets, field, fragment):
 def test_colour_thickness_benchmark_has_the_known_cause():
     """Domain 2 = thicker strokes (ink proxy clearly higher); both domains cover every hue (colour is not
     the shift); deterministic in the seed; disjoint digits; labelled everywhere."""
-    from trainers.shift_explainer.losses import hue, ink
+    from trainers.shift_explainer.metrics import hue, ink
 
     a, b = embedded_colour_thickness(0), embedded_colour_thickness(0)
     for k in a:
@@ -162,7 +162,8 @@ def test_explanation_json_matches_the_grid(quick_run):
 def test_explain_from_the_checkpoint_in_seconds(quick_run, tmp_path):
     """`trainlab explain` redraws the grid with other settings from the final checkpoint, without Ray; the
     classifier stored there reproduces the losses the generator was conditioned on (f never changed)."""
-    from trainers.shift_explainer.loop import load_final_state, unpack_classifier
+    from trainers.shift_explainer.classifier import unpack_classifier
+    from trainers.shift_explainer.explanation import load_final_state
     from trainers.shift_explainer.losses import per_sample_loss
 
     r = quick_run["runs"][0]
@@ -283,7 +284,7 @@ def test_two_workers_bigan_with_style_transformer(ray_session, workdir):
                                   ["method.model_type=ae", "method.style_transformer=true"]],
                          ids=["ae", "vae", "bigan", "ae+independence", "ae+style"])
 def test_train_step_moves_every_trained_model_and_reports_its_losses(sets, one_torch_thread):
-    from trainers.shift_explainer.loop import LOSS_KEYS, build_models, make_optimizers, train_step
+    from trainers.shift_explainer.step import LOSS_KEYS, build_models, make_optimizers, train_step
 
     cfg = load_config("shift_explainer", sets=sets + ["model.width=8"])
     torch.manual_seed(0)
@@ -311,7 +312,7 @@ def test_the_independence_penalty_removes_loss_information_from_z(one_torch_thre
     """method.z_independence: on images whose L is the brightness of a square, a probe fitted afterwards
     predicts L from Z almost perfectly without the penalty and no better than the mean with it, at the same
     reconstruction error (the decoder takes the brightness from its condition instead)."""
-    from trainers.shift_explainer.loop import build_models, make_optimizers, train_step
+    from trainers.shift_explainer.step import build_models, make_optimizers, train_step
     from trainers.shift_explainer.losses import recon_loss
 
     g = torch.Generator().manual_seed(0)

@@ -2,7 +2,8 @@
 drop under shift; ``docs/methods/shift_explainer.md``).
 
 Import-light: ``PATENT`` and ``SUMMARY`` are read by ``trainlab methods`` without importing torch; :func:`spec`
-imports the config, the loop and the data builder when a run needs them.
+imports the config, the driver hooks (check, prepare), the loop, the explanation and the data builder when a run
+needs them.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ SUMMARY = ("loss-conditioned generative model: an interpolation grid shows which
 def spec() -> MethodSpec:
     from pipelines.data import build_shift_pair
     from trainers.shift_explainer.config import ShiftExplainerConfig
-    from trainers.shift_explainer.loop import check, explain_from_checkpoint, prepare, train_loop_per_worker
+    from trainers.shift_explainer.explanation import explain_from_checkpoint
+    from trainers.shift_explainer.loop import train_loop_per_worker
+    from trainers.shift_explainer.prepare import check, prepare
 
     return MethodSpec(
         key="shift_explainer",
