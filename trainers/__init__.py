@@ -27,6 +27,7 @@ class MethodSpec:
     quick: dict = field(default_factory=dict)       # overrides for --quick (well under a minute)
     summary_metrics: tuple[str, ...] = ()            # shown in the terminal summary table
     variant_field: str | None = "variant"            # method.<field> reported as the MLflow tag
+    learner: type | None = None                      # its trainers.common.runner.Learner: (Worker) -> units of learning
     check: Callable[[Any, Any], None] | None = None  # driver-side (cfg, bundle) checks before workers start
     prepare: Callable[[Any, Any, Any], Any] | None = None  # driver-side (cfg, bundle, DriverContext) ->
     #                                        trainers.common.facts.Prepared: facts for every worker (RunFacts.prepared)

@@ -17,7 +17,7 @@ def spec() -> MethodSpec:
     from pipelines.data import build_task_stream
     from trainers.continual.config import ContinualConfig
     from trainers.continual.inference import predict
-    from trainers.continual.loop import check, prepare, train_loop_per_worker
+    from trainers.continual.loop import TaskStream, check, prepare, train_loop_per_worker
 
     return MethodSpec(
         key="continual",
@@ -25,6 +25,7 @@ def spec() -> MethodSpec:
         summary=SUMMARY,
         config_cls=ContinualConfig,
         train_loop=train_loop_per_worker,
+        learner=TaskStream,
         check=check,
         prepare=prepare,
         predict=predict,

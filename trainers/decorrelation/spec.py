@@ -15,7 +15,7 @@ SUMMARY = "penalise inter-channel correlation of features of labelled and unlabe
 def spec() -> MethodSpec:
     from pipelines.data import build_domain_shift
     from trainers.decorrelation.config import DecorrelationConfig
-    from trainers.decorrelation.loop import check, train_loop_per_worker
+    from trainers.decorrelation.loop import DecorrelationLearner, check, train_loop_per_worker
 
     return MethodSpec(
         key="decorrelation",
@@ -23,6 +23,7 @@ def spec() -> MethodSpec:
         summary=SUMMARY,
         config_cls=DecorrelationConfig,
         train_loop=train_loop_per_worker,
+        learner=DecorrelationLearner,
         check=check,
         build_data=build_domain_shift,
         train_split="source_train",

@@ -15,7 +15,7 @@ SUMMARY = "mixture-distribution penalty on row/column norms: controllable, physi
 def spec() -> MethodSpec:
     from pipelines.data import build_classification
     from trainers.mixture_sparsity.config import MixtureSparsityConfig
-    from trainers.mixture_sparsity.loop import check, train_loop_per_worker
+    from trainers.mixture_sparsity.loop import MixtureSparsityLearner, check, train_loop_per_worker
 
     return MethodSpec(
         key="mixture_sparsity",
@@ -23,6 +23,7 @@ def spec() -> MethodSpec:
         summary=SUMMARY,
         config_cls=MixtureSparsityConfig,
         train_loop=train_loop_per_worker,
+        learner=MixtureSparsityLearner,
         check=check,
         build_data=build_classification,
         train_split="source_train",

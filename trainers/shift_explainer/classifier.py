@@ -14,15 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from trainers.common.context import DriverContext
+from trainers.common.facts import RunFacts
+from trainers.common.models import unwrap
+from trainers.common.runner import LearnerBase, Unit, run_learner
 from trainers.common.worker import Worker, all_reduce_sum
 from trainers.shift_explainer.config import ShiftExplainerConfig
-
-
-def _run_facts(cfg, bundle, split: str) -> dict:
-    return {"mlflow_run_id": None, "steps_per_epoch": max(1, bundle.sizes[split] // cfg.train.batch_size),
-            "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes, "sizes": bundle.sizes,
-            "stop_file": None, "cache_in_memory": cfg.data.cache_in_memory, "prepared": None,
-            "driver_niceness": os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None}
 
 
 def build_classifier(cfg: ShiftExplainerConfig, input_shape, num_classes: int) -> torch.nn.Module:
@@ -32,18 +28,31 @@ def build_classifier(cfg: ShiftExplainerConfig, input_shape, num_classes: int) -
                     image_hw=(input_shape[1], input_shape[2]))
 
 
-def classifier_loop_per_worker(config: dict) -> None:
-    """S102 on Ray Train workers (DDP): f trained on domain 1 by cross-entropy (Eq. 1); rank 0 checkpoints it."""
-    w = Worker(config, ShiftExplainerConfig)
-    cfg = w.cfg
-    model = build_classifier(cfg, w.run["input_shape"], w.run["num_classes"]).to(w.device)
-    model = w.prepare(model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.method.classifier_lr)
-    train, val = w.loader("d1_train"), w.loader("d1_val")
-    for epoch in range(1, cfg.method.classifier_epochs + 1):
+class ClassifierLearner(LearnerBase):
+    """S102 on Ray Train workers (DDP): f trained on domain 1 by cross-entropy (Eq. 1), one epoch per unit of the
+    shared runner; rank 0 checkpoints it. A fresh job each time (the run's own checkpoints are the generator's)."""
+
+    name = "shift_explainer"
+    resumable = False
+
+    def __init__(self, w: Worker):
+        self.w, cfg = w, w.cfg
+        self.units = cfg.method.classifier_epochs
+        self.model = w.prepare(build_classifier(cfg, w.run.input_shape, w.run.num_classes).to(w.device))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.method.classifier_lr)
+        self.train, self.val = w.loader("d1_train"), w.loader("d1_val")
+
+    def state_dict(self) -> dict:
+        return {"classifier": unwrap(self.model).state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["classifier"])
+
+    def learn(self, epoch: int) -> Unit:
+        w, model, opt = self.w, self.model, self.opt
         model.train()
         total = torch.zeros(2, dtype=torch.float64, device=w.device)
-        for b in train.epoch(epoch, w.steps_per_epoch):
+        for b in self.train.epoch(epoch, w.steps_per_epoch):
             loss = F.cross_entropy(model(b["x"]), b["y"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -52,21 +61,26 @@ def classifier_loop_per_worker(config: dict) -> None:
         model.eval()
         counts = torch.zeros(2, dtype=torch.float64, device=w.device)
         with torch.no_grad():
-            for b in val.full():
+            for b in self.val.full():
                 counts += torch.stack([(model(b["x"]).argmax(1) == b["y"]).sum().double(),
                                        torch.tensor(float(len(b["y"])), dtype=torch.float64, device=w.device)])
         total, counts = all_reduce_sum(total), all_reduce_sum(counts)
-        metrics = {"classifier_train_loss": (total[0] / total[1]).item(), "classifier_val_acc": (counts[0] / counts[1]).item()}
-        w.say(f"[shift_explainer] classifier epoch {epoch}: loss={metrics['classifier_train_loss']:.3f} "
-              f"acc(domain 1 val)={metrics['classifier_val_acc']:.3f}")
-        w.report(epoch, metrics, {"classifier": getattr(model, "module", model).state_dict()})
+        metrics = {"classifier_train_loss": (total[0] / total[1]).item(),
+                   "classifier_val_acc": (counts[0] / counts[1]).item()}
+        return Unit(metrics, f"[shift_explainer] classifier epoch {epoch}: loss={metrics['classifier_train_loss']:.3f} "
+                             f"acc(domain 1 val)={metrics['classifier_val_acc']:.3f}")
+
+
+def classifier_loop_per_worker(config: dict) -> None:
+    w = Worker(config, ShiftExplainerConfig)
+    run_learner(w, ClassifierLearner(w))
 
 
 def train_classifier(cfg: ShiftExplainerConfig, bundle, ctx: DriverContext) -> torch.nn.Module:
     """One training job (the run's scaling, see ``DriverContext.run_job``) over domain 1; returns the trained,
     frozen f."""
     datasets = {k: bundle.datasets[k] for k in ("d1_train", "d1_val")}
-    checkpoint = ctx.run_job(classifier_loop_per_worker, cfg, _run_facts(cfg, bundle, "d1_train"), datasets,
+    checkpoint = ctx.run_job(classifier_loop_per_worker, cfg, RunFacts.for_data(cfg, bundle, "d1_train"), datasets,
                              "shift_explainer-classifier")
     return _classifier_from(cfg, bundle, checkpoint)
 

@@ -137,7 +137,7 @@ def render(expl: Explanation, path: str | Path, title: str = "") -> Path:
     return path
 
 
-def log_outputs(w: Worker, expl: Explanation, models: Models, classifier, history: list[dict], P: dict) -> None:
+def log_outputs(w: Worker, expl: Explanation, models: Models, classifier, history: list[dict], P) -> None:
     """Rank 0, after the last epoch: the grid PNG, the selected samples, curves, the models, to MLflow."""
     import json
 
@@ -152,7 +152,7 @@ def log_outputs(w: Worker, expl: Explanation, models: Models, classifier, histor
         np.savez(Path(d) / "selected_samples.npz", x1=np.asarray(sel["x1"]), x2=np.asarray(sel["x2"]),
                  y1=sel["y1"], y2=sel["y2"], l1=sel["l1"], l2=sel["l2"])
         w.log_artifact(Path(d) / "selected_samples.npz", "explanation")
-        info = {"selection": {k: v for k, v in sel.items() if k not in ("x1", "x2")}, "loss_range": P["loss_range"],
+        info = {"selection": {k: v for k, v in sel.items() if k not in ("x1", "x2")}, "loss_range": P.loss_range,
                 "grid_conditioning_losses": np.asarray(expl.grid.l.cpu()).tolist(),
                 "realised_loss": expl.realised_loss.tolist(), "ink": expl.ink.tolist(),
                 "hue": np.nan_to_num(expl.hue, nan=-1.0).tolist(), "column_labels": expl.label.tolist(),
@@ -166,12 +166,12 @@ def log_outputs(w: Worker, expl: Explanation, models: Models, classifier, histor
     ax[0].set(xlabel="epoch", ylabel="reconstruction dist(x, x′)", title="generative model")
     ax[0].legend()
     for d_, lab in (("d1", "domain 1"), ("d2", "domain 2")):
-        ax[1].hist(P["pool"][d_]["loss"], bins=40, alpha=0.6, label=lab)
+        ax[1].hist(P.pool[d_]["loss"], bins=40, alpha=0.6, label=lab)
     ax[1].set(xlabel="per-sample classifier loss L", ylabel="samples", yscale="log", title="L by domain")
     ax[1].legend()
     w.log_figure(fig, "curves.png")
     plt.close(fig)
-    shape = tuple(w.run["input_shape"])
+    shape = tuple(w.run.input_shape)
     w.log_model(models.gen, (torch.zeros(2, *shape), torch.zeros(2)), name="generator")   # forward(x, L)
     w.log_model(classifier, torch.zeros(2, *shape), name="classifier")
 

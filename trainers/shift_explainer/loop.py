@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import torch
 
+from trainers.common.runner import LearnerBase, Unit, run_learner
 from trainers.common.worker import Worker, all_reduce_sum
 from trainers.shift_explainer.classifier import unpack_classifier
 from trainers.shift_explainer.config import ShiftExplainerConfig
 from trainers.shift_explainer.explanation import explain, log_outputs
+from trainers.shift_explainer.prepare import ExplainerFacts
 from trainers.shift_explainer.step import LOSS_KEYS, build_models, evaluate, make_optimizers, train_step
 
 
@@ -30,54 +32,70 @@ from trainers.shift_explainer.step import LOSS_KEYS, build_models, evaluate, mak
 # Workers: S103
 # =============================================================================================
 
-def train_loop_per_worker(config: dict) -> None:
-    w = Worker(config, ShiftExplainerConfig)
-    cfg, m, P = w.cfg, w.cfg.method, w.run["prepared"]
-    models = build_models(cfg, w.run["input_shape"], P["loss_mean"], P["loss_std"])
-    for mod in models.modules().values():
-        mod.to(w.device)
-    opts = make_optimizers(cfg, models)
-    train, val = w.loader("gen_train"), w.loader("gen_val")
-    history: list[dict] = []
-    start = 1
-    state = w.restore()
-    if state is not None:
-        for k, mod in models.modules().items():
+class ExplainerLearner(LearnerBase):
+    """S103 as units of the shared runner: one epoch of the generative model per unit; the last unit ends with
+    rank 0's explanation (S105–S108), whose figures join its report and whose inputs its checkpoint keeps."""
+
+    name = "shift_explainer"
+
+    def __init__(self, w: Worker):
+        self.w = w
+        cfg, self.m = w.cfg, w.cfg.method
+        self.cfg, self.units = cfg, cfg.train.epochs
+        self.P: ExplainerFacts = w.run.prepared
+        self.models = build_models(cfg, w.run.input_shape, self.P.loss_mean, self.P.loss_std)
+        for mod in self.models.modules().values():
+            mod.to(w.device)
+        self.opts = make_optimizers(cfg, self.models)
+        self.train, self.val = w.loader("gen_train"), w.loader("gen_val")
+        self.history: list[dict] = []
+        self.final: dict = {}
+        self.gen = None  # the noise stream: seeded by rank and by the first unit this job trains (see learn)
+        w.set_tags({"classifier_source": self.P.classifier_source})
+
+    def state_dict(self) -> dict:
+        return {**{k: mod.state_dict() for k, mod in self.models.modules().items()},
+                **{f"opt_{k}": o.state_dict() for k, o in self.opts.items()}, "history": self.history, **self.final}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, mod in self.models.modules().items():
             mod.load_state_dict(state[k])
-        for k, o in opts.items():
+        for k, o in self.opts.items():
             o.load_state_dict(state[f"opt_{k}"])
-        history, start = state["history"], state["epoch"] + 1
-    gen = torch.Generator(device=w.device).manual_seed(cfg.seed * 1_000_003 + 31 * w.rank + start)
-    w.set_tags({"classifier_source": P["classifier_source"]})
-    for epoch in range(start, cfg.train.epochs + 1):
+        self.history = state["history"]
+
+    def learn(self, epoch: int) -> Unit:
+        w, m = self.w, self.m
+        if self.gen is None:
+            self.gen = torch.Generator(device=w.device).manual_seed(self.cfg.seed * 1_000_003 + 31 * w.rank + epoch)
         rows = []
-        for b in train.epoch(epoch, w.steps_per_epoch):
-            losses = train_step(models, opts, b["x"], b["loss"].float(), b["domain"], m, gen)
+        for b in self.train.epoch(epoch, w.steps_per_epoch):
+            losses = train_step(self.models, self.opts, b["x"], b["loss"].float(), b["domain"], m, self.gen)
             rows.append(torch.stack(list(losses.values())))
         means = all_reduce_sum(torch.stack(rows).double().sum(0)).cpu() / (len(rows) * w.world_size)
-        val_sum = all_reduce_sum(evaluate(models, val, m, w.device))
+        val_sum = all_reduce_sum(evaluate(self.models, self.val, m, w.device))
         metrics = {k: means[i].item() for i, k in enumerate(LOSS_KEYS)}
         metrics["recon_loss"] = (val_sum[0] / val_sum[1]).item()
-        metrics.update(P["metrics"])
-        w.say(f"[shift_explainer] epoch {epoch} ({m.model_type}) loss={metrics['loss_total']:.4f} "
-              f"recon(val)={metrics['recon_loss']:.4f}")
-        user_stop = w.stop_requested()
-        last = epoch == cfg.train.epochs or user_stop
-        final = {}
-        if last and w.is_chief:
-            classifier = unpack_classifier(P["classifier"], w.run["input_shape"], w.run["num_classes"], w.device)
-            expl = explain(models, classifier, P["selection"], m, w.device)
-            metrics.update(expl.metrics)
-            history.append(dict(metrics, epoch=epoch))
-            log_outputs(w, expl, models, classifier, history, P)
-            final = {"classifier": P["classifier"], "pool": P["pool"], "selection": P["selection"],
-                     "loss_range": P["loss_range"], "prepared_metrics": P["metrics"], "cfg": cfg.model_dump(mode="json"),
-                     "num_classes": w.run["num_classes"]}
-        else:
-            history.append(dict(metrics, epoch=epoch))
-        w.report(epoch, metrics, {**{k: mod.state_dict() for k, mod in models.modules().items()},
-                                  **{f"opt_{k}": o.state_dict() for k, o in opts.items()},
-                                  "history": history, **final})
-        if last:
-            w.set_tags({"stop_reason": "user_stop" if user_stop else "max_epochs"})
-            break
+        metrics.update(self.P.metrics)
+        self.history.append(dict(metrics, epoch=epoch))
+        return Unit(metrics, f"[shift_explainer] epoch {epoch} ({m.model_type}) loss={metrics['loss_total']:.4f} "
+                             f"recon(val)={metrics['recon_loss']:.4f}")
+
+    def conclude(self, epoch: int, reason: str, metrics: dict) -> dict:
+        w, P = self.w, self.P
+        if not w.is_chief:
+            return {}
+        classifier = unpack_classifier(P.classifier, w.run.input_shape, w.run.num_classes, w.device)
+        expl = explain(self.models, classifier, P.selection, self.m, w.device)
+        self.history[-1].update(expl.metrics)
+        log_outputs(w, expl, self.models, classifier, self.history, P)
+        # what `trainlab explain --checkpoint` needs to repeat S104–S108 without the driver
+        self.final = {"classifier": P.classifier, "pool": P.pool, "selection": P.selection,
+                      "loss_range": P.loss_range, "prepared_metrics": P.metrics, "cfg": self.cfg.model_dump(mode="json"),
+                      "num_classes": w.run.num_classes}
+        return expl.metrics
+
+
+def train_loop_per_worker(config: dict) -> None:
+    w = Worker(config, ShiftExplainerConfig)
+    run_learner(w, ExplainerLearner(w))

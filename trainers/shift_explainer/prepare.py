@@ -13,7 +13,10 @@ check (:func:`check`) and :func:`prepare` (a failure here leaves no run behind):
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from trainers.common.context import DriverContext
+from trainers.common.facts import Prepared
 from trainers.shift_explainer.classifier import obtain_classifier, pack_classifier
 from trainers.shift_explainer.config import ShiftExplainerConfig
 from trainers.shift_explainer.metrics import shift_test
@@ -22,6 +25,23 @@ from trainers.shift_explainer.selection import select
 
 
 DOMAIN_SPLITS = {"d1": ("d1_train", "d1_val"), "d2": ("d2_train", "d2_val")}
+
+
+@dataclass(frozen=True)
+class ExplainerFacts:
+    """What every worker receives from :func:`prepare`: the frozen classifier f (``classifier``: packed weights,
+    and where it came from), the scored selection ``pool`` of each domain (rows with their per-sample loss), the
+    S104 ``selection`` (x(1), x(2)), the conditioning normalisation (``loss_mean``, ``loss_std``), each domain's
+    ``loss_range`` and the driver's figures (``metrics``: accuracy per domain, the shift test), logged every epoch."""
+
+    classifier: dict
+    classifier_source: str
+    pool: dict
+    selection: dict
+    loss_mean: float
+    loss_std: float
+    loss_range: dict[str, list[float]]
+    metrics: dict[str, float]
 
 
 def check(cfg: ShiftExplainerConfig, bundle) -> None:
@@ -37,7 +57,7 @@ def check(cfg: ShiftExplainerConfig, bundle) -> None:
         raise ValueError(f"data.source: {bundle.num_classes} class(es); allowed: at least 2 labels")
 
 
-def prepare(cfg: ShiftExplainerConfig, bundle, ctx: DriverContext) -> dict:
+def prepare(cfg: ShiftExplainerConfig, bundle, ctx: DriverContext) -> Prepared:
     """S101–S104 on the driver (see the module docstring). Returns the facts every worker gets, with
     ``datasets`` (what the TorchTrainer trains on: ``gen_train`` = domain-1 ∪ domain-2 train rows, ``gen_val``
     = the val rows, columns x, y, loss, domain) and ``sizes``."""
@@ -59,12 +79,13 @@ def prepare(cfg: ShiftExplainerConfig, bundle, ctx: DriverContext) -> dict:
     keep = ["x", "y", "loss", "domain"]
     datasets = {"gen_train": scored.filter(lambda r: r["part"] in (0, 2)).select_columns(keep).materialize(),
                 "gen_val": scored.filter(lambda r: r["part"] in (1, 3)).select_columns(keep).materialize()}
-    return {"datasets": datasets,
-            "sizes": {**bundle.sizes, "gen_train": int(train_rows.sum()), "gen_val": int((~train_rows).sum())},
-            "classifier": packed, "classifier_source": source, "pool": pool, "selection": chosen,
-            "loss_mean": loss_mean, "loss_std": loss_std,
-            "loss_range": {d: [float(pool[d]["loss"].min()), float(pool[d]["loss"].max())] for d in pool},
-            "metrics": {"classifier_acc_domain1": acc["d1"], "classifier_acc_domain2": acc["d2"],
-                        "shift_pvalue": float(shift["pvalue"]), "shift_ks_stat": float(shift["ks_stat_max"]),
-                        "loss_mean_domain1": float(pool["d1"]["loss"].mean()),
-                        "loss_mean_domain2": float(pool["d2"]["loss"].mean())}}
+    return Prepared(
+        facts=ExplainerFacts(
+            classifier=packed, classifier_source=source, pool=pool, selection=chosen, loss_mean=loss_mean,
+            loss_std=loss_std, loss_range={d: [float(pool[d]["loss"].min()), float(pool[d]["loss"].max())] for d in pool},
+            metrics={"classifier_acc_domain1": acc["d1"], "classifier_acc_domain2": acc["d2"],
+                     "shift_pvalue": float(shift["pvalue"]), "shift_ks_stat": float(shift["ks_stat_max"]),
+                     "loss_mean_domain1": float(pool["d1"]["loss"].mean()),
+                     "loss_mean_domain2": float(pool["d2"]["loss"].mean())}),
+        datasets=datasets,
+        sizes={**bundle.sizes, "gen_train": int(train_rows.sum()), "gen_val": int((~train_rows).sum())})

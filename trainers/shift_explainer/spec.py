@@ -18,7 +18,7 @@ def spec() -> MethodSpec:
     from pipelines.data import build_shift_pair
     from trainers.shift_explainer.config import ShiftExplainerConfig
     from trainers.shift_explainer.explanation import explain_from_checkpoint
-    from trainers.shift_explainer.loop import train_loop_per_worker
+    from trainers.shift_explainer.loop import ExplainerLearner, train_loop_per_worker
     from trainers.shift_explainer.prepare import check, prepare
 
     return MethodSpec(
@@ -27,6 +27,7 @@ def spec() -> MethodSpec:
         summary=SUMMARY,
         config_cls=ShiftExplainerConfig,
         train_loop=train_loop_per_worker,
+        learner=ExplainerLearner,
         check=check,
         prepare=prepare,
         explain=explain_from_checkpoint,

@@ -183,6 +183,7 @@ class Ssd2ganLearner(LearnerBase):
         for k, o in self.opts.items():
             o.load_state_dict(state[f"opt_{k}"])
         self.history, self.best_fd, self.best_g = state["history"], state["best_fd"], state["best_g"]
+        self.step = int(state["step"])
 
     def learn(self, epoch: int) -> Unit:
         w, m, base = self.w, self.m, self.base

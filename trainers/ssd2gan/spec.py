@@ -15,7 +15,7 @@ SUMMARY = "GAN with a spatial and a frequency-domain (DCT/DFT) discriminator, tr
 def spec() -> MethodSpec:
     from pipelines.data import build_images
     from trainers.ssd2gan.config import Ssd2ganConfig
-    from trainers.ssd2gan.loop import check, prepare, train_loop_per_worker
+    from trainers.ssd2gan.loop import Ssd2ganLearner, check, prepare, train_loop_per_worker
 
     return MethodSpec(
         key="ssd2gan",
@@ -23,6 +23,7 @@ def spec() -> MethodSpec:
         summary=SUMMARY,
         config_cls=Ssd2ganConfig,
         train_loop=train_loop_per_worker,
+        learner=Ssd2ganLearner,
         check=check,
         prepare=prepare,
         build_data=build_images,
