@@ -21,11 +21,12 @@ import torch
 
 from trainers.common.worker import Worker, all_reduce_sum
 from trainers.ssd2gan.config import Ssd2ganConfig
-from trainers.ssd2gan.losses import (d_loss, discriminator_losses, durall_spectral_loss, freq, freq_channels,
-                                     freq_mse_loss, frechet_distance_from_stats, g_loss, g_loss_terms,
-                                     average_power_spectrum, spectral_error_from_spectra)
+from trainers.ssd2gan.losses import (d_loss, discriminator_losses, durall_spectral_loss, freq_mse_loss,
+                                     frechet_distance_from_stats, g_loss, g_loss_terms, average_power_spectrum,
+                                     spectral_error_from_spectra)
 from trainers.ssd2gan.models import Discriminator, Generator
 from trainers.ssd2gan.quality import classifier_from, features, reference
+from trainers.ssd2gan.transforms import freq, freq_channels
 
 LOSS_KEYS = ("loss_g", "loss_gs", "loss_gf", "loss_ds", "loss_ds_gan", "loss_df", "loss_consistency",
              "loss_spectral")
