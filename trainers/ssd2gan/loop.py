@@ -22,8 +22,8 @@ import torch
 from trainers.common.worker import Worker, all_reduce_sum
 from trainers.ssd2gan.baselines import durall_spectral_loss, freq_mse_loss
 from trainers.ssd2gan.config import Ssd2ganConfig
-from trainers.ssd2gan.losses import (d_loss, discriminator_losses, frechet_distance_from_stats, g_loss, g_loss_terms,
-                                     average_power_spectrum, spectral_error_from_spectra)
+from trainers.ssd2gan.losses import d_loss, discriminator_losses, g_loss, g_loss_terms
+from trainers.ssd2gan.metrics import average_power_spectrum, frechet_distance_from_stats, spectral_error_from_spectra
 from trainers.ssd2gan.models import Discriminator, Generator
 from trainers.ssd2gan.quality import classifier_from, features, reference
 from trainers.ssd2gan.transforms import freq, freq_channels

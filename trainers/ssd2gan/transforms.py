@@ -181,8 +181,8 @@ def freq_channels(channels: int, kind: str = "dct2", dft_mode: str = "reim") -> 
 
 def frequency_radius(h: int, w: int, kind: str = "dft2") -> np.ndarray:
     """Radial frequency ρ(u, v) in units of the Nyquist frequency (0.5 cycles/pixel), shape (H, W), in the
-    layout of :func:`average_power_spectrum`. dft2: ρ = √(f_u² + f_v²)/0.5 with f = fftfreq(N);
-    dct2: ρ = √((k/H)² + (l/W)²)."""
+    layout of :func:`~trainers.ssd2gan.metrics.average_power_spectrum`. dft2: ρ = √(f_u² + f_v²)/0.5 with
+    f = fftfreq(N); dct2: ρ = √((k/H)² + (l/W)²)."""
     _allowed("kind", kind, FREQ_KINDS)
     if h < 1 or w < 1:
         raise ValueError(f"h, w: must be >= 1, got {h}, {w}")
