@@ -147,7 +147,7 @@ def test_feature_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
     xt = torch.as_tensor(x[:64])
     assert np.array_equal(features(m1, xt), features(m2, xt))
     ref = reference(x, y, a["source_val"][0] * 2 - 1)
-    from trainers.ssd2gan.losses import frechet_distance_from_stats
+    from trainers.ssd2gan.metrics import frechet_distance_from_stats
 
     held_out = frechet_distance_from_stats(ref.mu, ref.sigma, ref.mu_val, ref.sigma_val)
     noise = features(m1, torch.rand(512, 1, 16, 16) * 2 - 1)

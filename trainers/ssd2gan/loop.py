@@ -19,16 +19,17 @@ import contextlib
 import numpy as np
 import torch
 
-from trainers.common.models import unwrap
 from trainers.common.facts import Prepared
+from trainers.common.models import unwrap
 from trainers.common.runner import LearnerBase, Unit, run_learner
 from trainers.common.worker import Worker, all_reduce_sum
+from trainers.ssd2gan.baselines import durall_spectral_loss, freq_mse_loss
 from trainers.ssd2gan.config import Ssd2ganConfig
-from trainers.ssd2gan.losses import (d_loss, discriminator_losses, durall_spectral_loss, freq, freq_channels,
-                                     freq_mse_loss, frechet_distance_from_stats, g_loss, g_loss_terms,
-                                     average_power_spectrum, spectral_error_from_spectra)
+from trainers.ssd2gan.losses import d_loss, discriminator_losses, g_loss, g_loss_terms
+from trainers.ssd2gan.metrics import average_power_spectrum, frechet_distance_from_stats, spectral_error_from_spectra
 from trainers.ssd2gan.models import Discriminator, Generator
 from trainers.ssd2gan.quality import QualityReference, classifier_from, features, reference
+from trainers.ssd2gan.transforms import freq, freq_channels
 
 LOSS_KEYS = ("loss_g", "loss_gs", "loss_gf", "loss_ds", "loss_ds_gan", "loss_df", "loss_consistency",
              "loss_spectral")

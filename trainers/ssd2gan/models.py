@@ -14,7 +14,7 @@ that layout:
   patent's Resnet-SNGAN) wraps every conv/linear with ``torch.nn.utils.parametrizations.spectral_norm``.
 * Df ([IMPL-CHOICE] spec §6): an independent :class:`Discriminator` (separate parameters) whose input is the
   frequency representation F(x): C channels for the DCT (shape-preserving), 2C for the DFT "reim" mode
-  (:func:`trainers.ssd2gan.losses.freq_channels`). The loop computes F(x) (S103/S107) and calls Df on it, so
+  (:func:`trainers.ssd2gan.transforms.freq_channels`). The loop computes F(x) (S103/S107) and calls Df on it, so
   the gradient of Df's loss reaches G through the differentiable transform. :class:`FrequencyDiscriminator`
   bundles F and Df for convenience (``forward(x)`` = Df(F(x)) on spatial input).
 """
@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _sn
 
-from trainers.ssd2gan.losses import DFT_MODES, FREQ_KINDS, freq, freq_channels
+from trainers.ssd2gan.transforms import DFT_MODES, FREQ_KINDS, freq, freq_channels
 
 IMAGE_SIZES = (16, 32)
 G_NORMS = ("batch", "none")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from trainers.common.models import SmallCNN
 from trainers.common.paths import cache_root
-from trainers.ssd2gan.losses import average_power_spectrum, gaussian_stats
+from trainers.ssd2gan.metrics import average_power_spectrum, gaussian_stats
 
 CLASSIFIER_EPOCHS = 8
 CLASSIFIER = {"width": 16, "feature_dim": 64, "lr": 2e-3, "batch": 64, "epochs": CLASSIFIER_EPOCHS, "seed": 0,
