@@ -1,10 +1,11 @@
 """``continual``: PackNet-style continual learning with per-layer zeroing rates set by depth and task similarity
 (JP7600768B2).
 
-Pure math and state, no Ray / MLflow: zeroing rates (:mod:`.rates`); layers → rate groups (:mod:`.groups`); zeroing,
-ownership and task masks, their 1-bit storage, frozen updates and per-task biases / normalisation, the learned-task
-state and a task's inference model (:mod:`.masks`); JSD, mergeable PDF estimators, source/candidate selection
-(:mod:`.similarity`); a reference VGG-style CNN (:mod:`.models`). See ``docs/methods/continual.md``.
+Pure math and state, no Ray / MLflow: zeroing rates (:mod:`.rates`); layers → rate groups (:mod:`.groups`); 1-bit
+storage of the masks (:mod:`.packing`); zeroing, ownership and task masks, frozen updates and per-task biases /
+normalisation, the learned-task state and a task's inference model (:mod:`.masks`); JSD, mergeable PDF estimators,
+source/candidate selection (:mod:`.similarity`); a reference VGG-style CNN (:mod:`.models`). See
+``docs/methods/continual.md``.
 """
 from trainers.common.exports import lazy_exports
 
@@ -14,13 +15,13 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
               "task1_rate"],
     "groups": ["depth_groups", "layer_groups", "layer_rates", "masked_weight_names", "named_weights",
                "task1_layer_rates"],
+    "packing": ["PackedMask", "pack_mask", "packed_nbytes", "unpack_mask"],
     "masks": ["BIAS_POLICIES", "FILTER_NORMS", "FILTER_UNITS", "GRANULARITIES", "NORM_POLICIES", "PHASES", "READINGS",
-              "ROUNDING", "Allocation", "ContinualState", "FrozenGuard", "MaskedOptimizer", "PackedMask",
-              "apply_task", "apply_zeroing_", "capture_task_state", "effective_weights", "empty_ownership",
-              "forward_masks", "free_pool", "load_task_state", "mask_from_nonzero", "masked_forward", "norm_modules",
-              "owned_from_masks", "pack_mask", "packed_nbytes", "plan_allocation", "select_zeroed", "set_norm_eval",
-              "task_mask", "task_state_names", "trainable_masks", "unpack_mask", "update_masks", "update_ownership",
-              "zero_count"],
+              "ROUNDING", "Allocation", "ContinualState", "FrozenGuard", "MaskedOptimizer", "apply_task",
+              "apply_zeroing_", "capture_task_state", "effective_weights", "empty_ownership", "forward_masks",
+              "free_pool", "load_task_state", "mask_from_nonzero", "masked_forward", "norm_modules",
+              "owned_from_masks", "plan_allocation", "select_zeroed", "set_norm_eval", "task_mask",
+              "task_state_names", "trainable_masks", "update_masks", "update_ownership", "zero_count"],
     "models": ["ContinualCNN"],
     "similarity": ["CANDIDATE_POLICIES", "COMBINE_MODES", "S100_TIES", "SIMILARITY_MEASURES", "Codebook",
                    "candidate_tasks", "choose_candidate", "codebook_codes", "codebook_counts", "combine_counts",

@@ -53,8 +53,9 @@ from trainers.continual.config import ContinualConfig
 from trainers.continual.groups import layer_groups, layer_rates, named_weights, task1_layer_rates
 from trainers.continual.masks import (ContinualState, FrozenGuard, MaskedOptimizer, apply_task, apply_zeroing_,
                                       capture_task_state, forward_masks, free_pool, load_task_state, masked_forward,
-                                      pack_mask, plan_allocation, set_norm_eval, task_mask, task_state_names,
-                                      trainable_masks, update_masks)
+                                      plan_allocation, set_norm_eval, task_mask, task_state_names, trainable_masks,
+                                      update_masks)
+from trainers.continual.packing import pack_mask
 from trainers.continual.models import ContinualCNN
 from trainers.continual.similarity import (candidate_tasks, codebook_counts, divergence, fit_codebook,
                                            histogram_counts, histogram_edges, select_candidate, select_source,

@@ -1,4 +1,4 @@
-"""Zeroing, ownership, 1-bit task masks, frozen updates and task inference of ``continual`` (JP7600768B2).
+"""Zeroing, ownership, frozen updates and task inference of ``continual`` (JP7600768B2).
 
 Rule numbers (rules R1–R5, R7, R8, R11; §3 variants; §5 pseudocode) are those of the implementation spec the method
 was built from; ``docs/methods/continual.md`` describes the method. No Ray, no MLflow.
@@ -17,8 +17,6 @@ Zeroing (R1, R2; :func:`zero_count`, :func:`select_zeroed`, :func:`plan_allocati
 Ownership and masks (R3, R4; :func:`update_ownership`, :func:`task_mask`)
     N^(t) = F^(t) \\ Z^(t);  A^(t) = A^(t−1) ∪ N^(t);  Reading A (default): M^(t) = A^(t−1) ∪ N^(t) = A^(t);
     Reading B: M^(t) = M^(s*) ∪ N^(t). In both readings A^(t) = ∪_{s≤t} M^(s) (:func:`owned_from_masks`).
-    Masks are stored 1 bit per weight (:class:`PackedMask`: numpy.packbits over the layers' flattened masks
-    concatenated in layer order; ⌈ΣN_l / 8⌉ bytes).
 
 Training constraints (R5; :func:`update_masks`, :func:`forward_masks`, :class:`FrozenGuard`, :class:`MaskedOptimizer`)
     Updated set G per phase: S20 all; S40 N^(1); S70 F^(t) (layers with r_l = 1 excluded by default — P4 "CONV4-X is
@@ -56,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from trainers.continual.groups import Masks, masked_weight_names, named_weights
+from trainers.continual.packing import PackedMask, pack_mask, unpack_mask
 from trainers.continual.rates import _choice, _rate_value
 
 ROUNDING = ("round", "floor", "ceil")
@@ -214,67 +213,6 @@ def owned_from_masks(masks: Iterable[Masks]) -> dict[str, Tensor]:
         out = {n: v.clone() for n, v in m.items()} if out is None else {n: out[n] | m[n] for n in out}
     if out is None:
         raise ValueError("masks: no task mask given")
-    return out
-
-
-# --------------------------------------------------------------------------- 1-bit storage (R4, spec test 13)
-
-@dataclass(frozen=True)
-class PackedMask:
-    """One task's mask at 1 bit per weight: ``bits`` = numpy.packbits (big bit order) of the layers' flattened
-    masks concatenated in ``names`` order; the last byte is zero-padded."""
-    bits: np.ndarray
-    names: tuple[str, ...]
-    shapes: tuple[tuple[int, ...], ...]
-
-    @property
-    def n_bits(self) -> int:
-        return int(sum(math.prod(s) for s in self.shapes))
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.bits.nbytes)
-
-    def as_dict(self) -> dict:
-        return {"bits": self.bits, "names": list(self.names), "shapes": [list(s) for s in self.shapes]}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "PackedMask":
-        pm = cls(np.asarray(d["bits"], dtype=np.uint8), tuple(d["names"]), tuple(tuple(int(x) for x in s)
-                                                                               for s in d["shapes"]))
-        if pm.bits.size != packed_nbytes(pm.n_bits):
-            raise ValueError(f"bits: {pm.bits.size} bytes do not hold {pm.n_bits} bits")
-        return pm
-
-
-def packed_nbytes(n_bits: int) -> int:
-    """⌈n_bits / 8⌉: the stored size of a mask of n_bits weights."""
-    return (int(n_bits) + 7) // 8
-
-
-def pack_mask(mask: Masks) -> PackedMask:
-    """Pack name → bool mask (torch or numpy) into a :class:`PackedMask` (layer order = mapping order)."""
-    if not mask:
-        raise ValueError("mask: empty; pass name → bool mask for every masked layer")
-    names, shapes, flats = [], [], []
-    for n, m in mask.items():
-        a = m.detach().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m)
-        if a.dtype != np.bool_:
-            raise ValueError(f"mask[{n!r}]: expected a bool mask, got dtype {a.dtype}")
-        names.append(n)
-        shapes.append(tuple(int(x) for x in a.shape))
-        flats.append(a.ravel())
-    return PackedMask(np.packbits(np.concatenate(flats)), tuple(names), tuple(shapes))
-
-
-def unpack_mask(packed: PackedMask, device: torch.device | str | None = None) -> dict[str, Tensor]:
-    """Inverse of :func:`pack_mask`: name → bool tensor."""
-    flat = np.unpackbits(packed.bits, count=packed.n_bits).astype(np.bool_)
-    out, off = {}, 0
-    for n, s in zip(packed.names, packed.shapes):
-        size = math.prod(s)
-        out[n] = torch.from_numpy(flat[off:off + size].reshape(s).copy()).to(device)
-        off += size
     return out
 
 
