@@ -239,9 +239,9 @@ def build_step(method: str, cfg, src, info: dict, device, prepare, autocast, wor
         return step, bsz
 
     if method == "continual":
+        from trainers.continual.allocation import empty_ownership, free_pool, plan_allocation, task_mask
         from trainers.continual.groups import layer_groups, named_weights, task1_layer_rates
-        from trainers.continual.masks import (FrozenGuard, MaskedOptimizer, empty_ownership, forward_masks, free_pool,
-                                              plan_allocation, task_mask, trainable_masks, update_masks)
+        from trainers.continual.masks import FrozenGuard, MaskedOptimizer, forward_masks, trainable_masks, update_masks
         from trainers.continual.loop import TaskData, TaskNet, build_model, task_rates, train_step
 
         net = build_model(cfg.model, shape, ncls)

@@ -1,10 +1,10 @@
 """``continual``: PackNet-style continual learning with per-layer zeroing rates set by depth and task similarity
 (JP7600768B2).
 
-Pure math and state, no Ray / MLflow: zeroing rates (:mod:`.rates`); layers → rate groups (:mod:`.groups`); 1-bit
-storage of the masks (:mod:`.packing`); zeroing, ownership and task masks, frozen updates and per-task biases /
-normalisation, the learned-task state and a task's inference model (:mod:`.masks`); JSD, mergeable PDF estimators,
-source/candidate selection (:mod:`.similarity`); a reference VGG-style CNN (:mod:`.models`). See
+Pure math and state, no Ray / MLflow: zeroing rates (:mod:`.rates`); layers → rate groups (:mod:`.groups`); zeroing,
+ownership and task masks (:mod:`.allocation`); 1-bit storage of the masks (:mod:`.packing`); frozen updates and
+per-task biases / normalisation, the learned-task state and a task's inference model (:mod:`.masks`); JSD, mergeable
+PDF estimators, source/candidate selection (:mod:`.similarity`); a reference VGG-style CNN (:mod:`.models`). See
 ``docs/methods/continual.md``.
 """
 from trainers.common.exports import lazy_exports
@@ -15,13 +15,14 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
               "task1_rate"],
     "groups": ["depth_groups", "layer_groups", "layer_rates", "masked_weight_names", "named_weights",
                "task1_layer_rates"],
+    "allocation": ["FILTER_NORMS", "FILTER_UNITS", "GRANULARITIES", "READINGS", "ROUNDING", "Allocation",
+                   "apply_zeroing_", "empty_ownership", "free_pool", "mask_from_nonzero", "owned_from_masks",
+                   "plan_allocation", "select_zeroed", "task_mask", "update_ownership", "zero_count"],
     "packing": ["PackedMask", "pack_mask", "packed_nbytes", "unpack_mask"],
-    "masks": ["BIAS_POLICIES", "FILTER_NORMS", "FILTER_UNITS", "GRANULARITIES", "NORM_POLICIES", "PHASES", "READINGS",
-              "ROUNDING", "Allocation", "ContinualState", "FrozenGuard", "MaskedOptimizer", "apply_task",
-              "apply_zeroing_", "capture_task_state", "effective_weights", "empty_ownership", "forward_masks",
-              "free_pool", "load_task_state", "mask_from_nonzero", "masked_forward", "norm_modules",
-              "owned_from_masks", "plan_allocation", "select_zeroed", "set_norm_eval", "task_mask",
-              "task_state_names", "trainable_masks", "update_masks", "update_ownership", "zero_count"],
+    "masks": ["BIAS_POLICIES", "NORM_POLICIES", "PHASES", "ContinualState", "FrozenGuard", "MaskedOptimizer",
+              "apply_task", "capture_task_state", "effective_weights", "forward_masks", "load_task_state",
+              "masked_forward", "norm_modules", "set_norm_eval", "task_state_names", "trainable_masks",
+              "update_masks"],
     "models": ["ContinualCNN"],
     "similarity": ["CANDIDATE_POLICIES", "COMBINE_MODES", "S100_TIES", "SIMILARITY_MEASURES", "Codebook",
                    "candidate_tasks", "choose_candidate", "codebook_codes", "codebook_counts", "combine_counts",
