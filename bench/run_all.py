@@ -240,8 +240,9 @@ def build_step(method: str, cfg, src, info: dict, device, prepare, autocast, wor
 
     if method == "continual":
         from trainers.continual.allocation import empty_ownership, free_pool, plan_allocation, task_mask
+        from trainers.continual.constraints import (FrozenGuard, MaskedOptimizer, forward_masks, trainable_masks,
+                                                    update_masks)
         from trainers.continual.groups import layer_groups, named_weights, task1_layer_rates
-        from trainers.continual.masks import FrozenGuard, MaskedOptimizer, forward_masks, trainable_masks, update_masks
         from trainers.continual.loop import TaskData, TaskNet, build_model, task_rates, train_step
 
         net = build_model(cfg.model, shape, ncls)

@@ -3,9 +3,9 @@
 
 Pure math and state, no Ray / MLflow: zeroing rates (:mod:`.rates`); layers → rate groups (:mod:`.groups`); zeroing,
 ownership and task masks (:mod:`.allocation`); 1-bit storage of the masks (:mod:`.packing`); frozen updates and
-per-task biases / normalisation, the learned-task state and a task's inference model (:mod:`.masks`); JSD, mergeable
-PDF estimators, source/candidate selection (:mod:`.similarity`); a reference VGG-style CNN (:mod:`.models`). See
-``docs/methods/continual.md``.
+per-task biases / normalisation (:mod:`.constraints`); the learned-task state and a task's inference model
+(:mod:`.masks`); JSD, mergeable PDF estimators, source/candidate selection (:mod:`.similarity`); a reference
+VGG-style CNN (:mod:`.models`). See ``docs/methods/continual.md``.
 """
 from trainers.common.exports import lazy_exports
 
@@ -19,10 +19,10 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                    "apply_zeroing_", "empty_ownership", "free_pool", "mask_from_nonzero", "owned_from_masks",
                    "plan_allocation", "select_zeroed", "task_mask", "update_ownership", "zero_count"],
     "packing": ["PackedMask", "pack_mask", "packed_nbytes", "unpack_mask"],
-    "masks": ["BIAS_POLICIES", "NORM_POLICIES", "PHASES", "ContinualState", "FrozenGuard", "MaskedOptimizer",
-              "apply_task", "capture_task_state", "effective_weights", "forward_masks", "load_task_state",
-              "masked_forward", "norm_modules", "set_norm_eval", "task_state_names", "trainable_masks",
-              "update_masks"],
+    "constraints": ["BIAS_POLICIES", "NORM_POLICIES", "PHASES", "FrozenGuard", "MaskedOptimizer",
+                    "capture_task_state", "forward_masks", "load_task_state", "masked_forward", "norm_modules",
+                    "set_norm_eval", "task_state_names", "trainable_masks", "update_masks"],
+    "masks": ["ContinualState", "apply_task", "effective_weights"],
     "models": ["ContinualCNN"],
     "similarity": ["CANDIDATE_POLICIES", "COMBINE_MODES", "S100_TIES", "SIMILARITY_MEASURES", "Codebook",
                    "candidate_tasks", "choose_candidate", "codebook_codes", "codebook_counts", "combine_counts",
