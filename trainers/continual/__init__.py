@@ -4,7 +4,7 @@
 Pure math and state, no Ray / MLflow: zeroing rates (:mod:`.rates`); layers → rate groups (:mod:`.groups`); zeroing,
 ownership and task masks (:mod:`.allocation`); 1-bit storage of the masks (:mod:`.packing`); frozen updates and
 per-task biases / normalisation (:mod:`.constraints`); the learned-task state and a task's inference model
-(:mod:`.masks`); JSD, mergeable PDF estimators, source/candidate selection (:mod:`.similarity`); a reference
+(:mod:`.state`); JSD, mergeable PDF estimators, source/candidate selection (:mod:`.similarity`); a reference
 VGG-style CNN (:mod:`.models`). See ``docs/methods/continual.md``.
 """
 from trainers.common.exports import lazy_exports
@@ -22,7 +22,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "constraints": ["BIAS_POLICIES", "NORM_POLICIES", "PHASES", "FrozenGuard", "MaskedOptimizer",
                     "capture_task_state", "forward_masks", "load_task_state", "masked_forward", "norm_modules",
                     "set_norm_eval", "task_state_names", "trainable_masks", "update_masks"],
-    "masks": ["ContinualState", "apply_task", "effective_weights"],
+    "state": ["ContinualState", "apply_task", "effective_weights"],
     "models": ["ContinualCNN"],
     "similarity": ["CANDIDATE_POLICIES", "COMBINE_MODES", "S100_TIES", "SIMILARITY_MEASURES", "Codebook",
                    "candidate_tasks", "choose_candidate", "codebook_codes", "codebook_counts", "combine_counts",

@@ -55,12 +55,12 @@ from trainers.continual.constraints import (FrozenGuard, MaskedOptimizer, captur
                                             load_task_state, masked_forward, set_norm_eval, task_state_names,
                                             trainable_masks, update_masks)
 from trainers.continual.groups import layer_groups, layer_rates, named_weights, task1_layer_rates
-from trainers.continual.masks import ContinualState, apply_task
 from trainers.continual.models import ContinualCNN
 from trainers.continual.packing import pack_mask
 from trainers.continual.similarity import (candidate_tasks, codebook_counts, divergence, fit_codebook,
                                            histogram_counts, histogram_edges, select_candidate, select_source,
                                            task_rate_scalar)
+from trainers.continual.state import ContinualState, apply_task
 
 Reduce = Callable[[Tensor], Tensor]
 

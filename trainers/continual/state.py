@@ -1,10 +1,9 @@
-"""Task inference and the learned-task state of ``continual`` (JP7600768B2).
+"""What ``continual`` keeps of its learned tasks, and the inference model of one task built from it (R11).
 
-Rule numbers (rules R1–R5, R7, R8, R11; §3 variants; §5 pseudocode) are those of the implementation spec the method
-was built from; ``docs/methods/continual.md`` describes the method. No Ray, no MLflow.
-
+:class:`ContinualState`: per-task packed masks, per-task state, estimator counts and logs (storage unit 30).
 Inference (R11; :func:`effective_weights`, :func:`apply_task`): W_inf = W ⊙ M^(t) (bit 1 keeps, bit 0 → +0.0), plus
-task t's per-task state.
+task t's per-task state. Loading a run's checkpoint and predicting with it:
+:mod:`trainers.continual.inference`. No Ray, no MLflow.
 """
 from __future__ import annotations
 
