@@ -239,7 +239,10 @@ def build_step(method: str, cfg, src, info: dict, device, prepare, autocast, wor
         return step, bsz
 
     if method == "continual":
-        from trainers.continual import masks as K
+        from trainers.continual.allocation import empty_ownership, free_pool, plan_allocation, task_mask
+        from trainers.continual.constraints import (FrozenGuard, MaskedOptimizer, forward_masks, trainable_masks,
+                                                    update_masks)
+        from trainers.continual.groups import layer_groups, named_weights, task1_layer_rates
         from trainers.continual.loop import TaskData, TaskNet, build_model, task_rates, train_step
 
         net = build_model(cfg.model, shape, ncls)
@@ -252,19 +255,19 @@ def build_step(method: str, cfg, src, info: dict, device, prepare, autocast, wor
                         cfg.seed, 0)
         t = 2 if len(inf["task_classes"]) >= 2 else 1
         if kind == "method" and t == 2:   # task 2's S70 phase, as ContinualLearner.learn sets it up
-            groups = K.layer_groups(base, m.group_overrides)
-            weights = K.named_weights(base, list(groups))
-            alloc = K.plan_allocation(weights, None, K.task1_layer_rates(groups, m.task1_profile), m.granularity,
-                                      m.filter_unit, m.filter_norm, m.rounding)
-            mask1 = K.task_mask(K.empty_ownership(weights), alloc.new, m.reading, None)
+            groups = layer_groups(base, m.group_overrides)
+            weights = named_weights(base, list(groups))
+            alloc = plan_allocation(weights, None, task1_layer_rates(groups, m.task1_profile), m.granularity,
+                                    m.filter_unit, m.filter_norm, m.rounding)
+            mask1 = task_mask(empty_ownership(weights), alloc.new, m.reading, None)
             owned = {n: v.to(device) for n, v in alloc.new.items()}
-            free = K.free_pool(owned)
+            free = free_pool(owned)
             rates = task_rates(m, groups, 2, float(inf.get("jsd_12", 0.5)), {n: int(f.sum()) for n, f in free.items()})
-            upd = K.update_masks("S70", free, rates=rates, freeze_full_rate=m.freeze_full_rate)
+            upd = update_masks("S70", free, rates=rates, freeze_full_rate=m.freeze_full_rate)
             src_mask = {n: v.to(device) for n, v in mask1.items()} if m.reading == "B" else None
-            wrapper.fmask = K.forward_masks("S70", m.reading, free=free, source_mask=src_mask)
-            guard = K.FrozenGuard.from_model(base, K.trainable_masks(base, upd, 2, m.bias_policy, m.norm_policy))
-            opt = K.MaskedOptimizer(make_optimizer(cfg.train, model.parameters()), guard)
+            wrapper.fmask = forward_masks("S70", m.reading, free=free, source_mask=src_mask)
+            guard = FrozenGuard.from_model(base, trainable_masks(base, upd, 2, m.bias_policy, m.norm_policy))
+            opt = MaskedOptimizer(make_optimizer(cfg.train, model.parameters()), guard)
         else:                               # plain: every weight trains, no masks
             opt = make_optimizer(cfg.train, model.parameters())
         ncls_t = len(inf["task_classes"][t - 1])

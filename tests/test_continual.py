@@ -25,9 +25,9 @@ from pipelines.data import (DataValidationError, _validate_task_parquet, embedde
 from pipelines.run import load_config
 from trainers.common.config import ConfigError
 from trainers.continual import ContinualState, predict
+from trainers.continual.groups import layer_groups, named_weights
 from trainers.continual.loop import (ContinualLearner, TaskData, TaskNet, accuracy_summary, build_model, check,
                                      choose_source, local_labels, task_rates)
-from trainers.continual.masks import layer_groups, named_weights
 from trainers.continual.similarity import codebook_counts, fit_codebook, jsd_from_counts
 
 

@@ -9,7 +9,7 @@ Defaults (Adam, lr 5e-3, 8 + 2 epochs per task, batch 32) were picked on the emb
 weights of a later task start at exactly 0 and must override the frozen, shared head rows of the earlier tasks, which
 takes more steps than task 1 needs (4 epochs at lr 2e-3 left some later tasks at chance).
 
-Rate tables are validated here with the helpers of :mod:`trainers.continual.masks` (thresholds strictly increasing
+Rate tables are validated here with the helpers of :mod:`trainers.continual.rates` (thresholds strictly increasing
 in [0, 1], every rate in [0, 1]); the layer → group mapping is validated against the model by the driver-side
 ``check`` (:func:`trainers.continual.loop.check`), where the model exists.
 """
@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from trainers.common.config import BaseRunConfig, Section, TrainSection
-from trainers.continual.masks import GROUPS, rate_table, task1_profile
+from trainers.continual.rates import GROUPS, rate_table, task1_profile
 
 VARIANTS = ("method", "packnet", "finetune")
 

@@ -54,7 +54,7 @@ def predict(checkpoint_path: str | Path, task, x, return_logits: bool = False, b
     """Global labels (np.int64, (N,)) for ``x`` under task ``task``'s inference model W ⊙ M^(task)."""
     from trainers.continual.config import ContinualModel
     from trainers.continual.loop import build_model
-    from trainers.continual.masks import ContinualState, apply_task
+    from trainers.continual.state import ContinualState, apply_task
 
     state = load_checkpoint(checkpoint_path)
     meta = state["meta"]

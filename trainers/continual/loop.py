@@ -50,19 +50,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.common.models import unwrap
 from trainers.common.facts import Prepared
+from trainers.common.models import unwrap
 from trainers.common.runner import LearnerBase, Unit, run_learner
+from trainers.continual.allocation import apply_zeroing_, free_pool, plan_allocation, task_mask
 from trainers.continual.config import ContinualConfig
-from trainers.continual.masks import (ContinualState, FrozenGuard, MaskedOptimizer, apply_task, apply_zeroing_,
-                                      capture_task_state, forward_masks, free_pool, layer_groups, layer_rates,
-                                      load_task_state, masked_forward, named_weights, pack_mask, plan_allocation,
-                                      set_norm_eval, task1_layer_rates, task_mask, task_state_names, trainable_masks,
-                                      update_masks)
+from trainers.continual.constraints import (FrozenGuard, MaskedOptimizer, capture_task_state, forward_masks,
+                                            load_task_state, masked_forward, set_norm_eval, task_state_names,
+                                            trainable_masks, update_masks)
+from trainers.continual.groups import layer_groups, layer_rates, named_weights, task1_layer_rates
 from trainers.continual.models import ContinualCNN
+from trainers.continual.packing import pack_mask
 from trainers.continual.similarity import (candidate_tasks, codebook_counts, divergence, fit_codebook,
                                            histogram_counts, histogram_edges, select_candidate, select_source,
                                            task_rate_scalar)
+from trainers.continual.state import ContinualState, apply_task
 
 Reduce = Callable[[Tensor], Tensor]
 

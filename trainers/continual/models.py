@@ -1,7 +1,7 @@
 """A small VGG-style reference network for ``continual`` (spec §6) on 8×8 / 16×16 single-channel digits.
 
 Layers ``conv1`` … ``conv5`` (3×3, padding 1, ReLU) and ``dense6``, ``dense7``, ``dense8`` (the shared output layer of
-width max C_t; task t reads its first C_t logits). With :func:`trainers.continual.masks.layer_groups`' default depth
+width max C_t; task t reads its first C_t logits). With :func:`trainers.continual.groups.layer_groups`' default depth
 mapping, conv_i → group "conv{i}" and dense6–8 → "dense", i.e. the VGG16 block groups of Fig. 5 / Fig. 8.
 
 Layout: conv1 → pool 2 → conv2 → pool 2 → conv3 → conv4 → conv5 → adaptive avg-pool 2×2 → flatten → dense6 → dense7
