@@ -243,7 +243,7 @@ def build_step(method: str, cfg, src, info: dict, device, prepare, autocast, wor
         from trainers.continual.constraints import (FrozenGuard, MaskedOptimizer, forward_masks, trainable_masks,
                                                     update_masks)
         from trainers.continual.groups import layer_groups, named_weights, task1_layer_rates
-        from trainers.continual.loop import TaskData, TaskNet, build_model, task_rates, train_step
+        from trainers.continual.learner import TaskData, TaskNet, build_model, task_rates, train_step
 
         net = build_model(cfg.model, shape, ncls)
         model = prepare(TaskNet(net).to(device))

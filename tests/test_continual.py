@@ -26,8 +26,9 @@ from pipelines.run import load_config
 from trainers.common.config import ConfigError
 from trainers.continual import ContinualState, predict
 from trainers.continual.groups import layer_groups, named_weights
-from trainers.continual.loop import (ContinualLearner, TaskData, TaskNet, accuracy_summary, build_model, check,
-                                     choose_source, local_labels, task_rates)
+from trainers.continual.learner import (ContinualLearner, TaskData, TaskNet, accuracy_summary, build_model,
+                                        choose_source, local_labels, task_rates)
+from trainers.continual.prepare import check
 from trainers.continual.similarity import codebook_counts, fit_codebook, jsd_from_counts
 
 
@@ -172,7 +173,7 @@ def test_ray_data_bodies_select_rows_and_count_them_without_ray(tmp_path):
     import pyarrow.parquet as pq
 
     from pipelines.data import _select_task_rows
-    from trainers.continual.loop import _task_counts
+    from trainers.continual.prepare import _task_counts
     from trainers.continual.similarity import histogram_counts, histogram_edges
 
     tasks = embedded_task_stream("split", 3, 8)
@@ -543,7 +544,7 @@ def test_user_parquet_stream_through_ray_data_and_the_whole_dataset_jsd(ray_sess
     """A parquet task stream with a task order is read with Ray Data; prepare's JSD (counts summed over Ray Data
     batches) equals the JSD of the whole task arrays computed in one piece."""
     from pipelines.data import read_task_parquet
-    from trainers.continual.loop import prepare
+    from trainers.continual.prepare import prepare
 
     tasks = embedded_task_stream("near_duplicate", 3, 8)
     path = tmp_path / "s.parquet"

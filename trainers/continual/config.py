@@ -11,7 +11,7 @@ takes more steps than task 1 needs (4 epochs at lr 2e-3 left some later tasks at
 
 Rate tables are validated here with the helpers of :mod:`trainers.continual.rates` (thresholds strictly increasing
 in [0, 1], every rate in [0, 1]); the layer → group mapping is validated against the model by the driver-side
-``check`` (:func:`trainers.continual.loop.check`), where the model exists.
+``check`` (:func:`trainers.continual.prepare.check`), where the model exists.
 """
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def _task_index(task, meta: dict, learned: list) -> int:
 def predict(checkpoint_path: str | Path, task, x, return_logits: bool = False, batch_size: int = 1024):
     """Global labels (np.int64, (N,)) for ``x`` under task ``task``'s inference model W ⊙ M^(task)."""
     from trainers.continual.config import ContinualModel
-    from trainers.continual.loop import build_model
+    from trainers.continual.learner import build_model
     from trainers.continual.state import ContinualState, apply_task
 
     state = load_checkpoint(checkpoint_path)

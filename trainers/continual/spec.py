@@ -17,7 +17,8 @@ def spec() -> MethodSpec:
     from pipelines.data import build_task_stream
     from trainers.continual.config import ContinualConfig
     from trainers.continual.inference import predict
-    from trainers.continual.loop import TaskStream, check, prepare, train_loop_per_worker
+    from trainers.continual.loop import TaskStream, train_loop_per_worker
+    from trainers.continual.prepare import check, prepare
 
     return MethodSpec(
         key="continual",
