@@ -14,7 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train patent-derived methods on Ray Train / Tune / Data, tracked in MLflow.")
+                  help="Train patent-derived methods on Ray Train / Tune / Data, tracked in MLflow.",
+                  epilog="Exit codes: 0 done; 1 training failed (the MLflow run is marked FAILED); 2 bad input "
+                         "(one line naming the field, file or flag, before any worker starts); 130 interrupted "
+                         "(a sweep prints how to --resume it).")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -63,11 +66,50 @@ def _overrides(num_workers: Optional[int], gpu: bool, seed: Optional[int], cpus_
     return o
 
 
+@contextlib.contextmanager
+def _stdout_for_json(enabled: bool):
+    """With ``--json``: while the command works, everything written to file descriptor 1 (progress lines, Ray's and
+    its workers' logs, which Ray copies to the driver's stdout) goes to stderr, so stdout carries only the one JSON
+    object printed at the end (``emit``)."""
+    if not enabled:
+        yield None
+        return
+    import json
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    out: dict = {}
+    try:
+        yield out
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    if out:
+        sys.stdout.write(json.dumps(out, default=str) + "\n")
+        sys.stdout.flush()
+
+
+def _result_json(res) -> dict:
+    """The machine-readable summary of a run (``--json``)."""
+    return {"method": res.method, "run_id": res.run_id, "run_name": res.run_name, "experiment": res.experiment,
+            "tracking_uri": res.tracking_uri, "metrics": {k: v for k, v in res.metrics.items()
+                                                          if isinstance(v, (int, float, str))},
+            "checkpoint": res.checkpoint, "storage_path": res.storage_path}
+
+
 @app.command("methods")
-def methods_cmd() -> None:
+def methods_cmd(as_json: bool = typer.Option(False, "--json", help="print one JSON object and nothing else")) -> None:
     """List the registered methods, one line each."""
     from trainers import method_summaries
 
+    if as_json:
+        import json
+
+        print(json.dumps({"methods": [{"key": k, "patent": p, "summary": line}
+                                      for k, (p, line) in method_summaries().items()]}))
+        return
     t = Table(title="trainlab methods")
     for c in ("method", "patent", "idea"):
         t.add_column(c)
@@ -113,26 +155,41 @@ def run_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="random seed (0..2^31-1)"),
     cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs per worker (> 0)"),
     print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="the MLflow run's name and its storage folder "
+                                           "(default: <method>-<time>-<id>)"),
+    tag: Optional[list[str]] = typer.Option(None, "--tag", help="MLflow tag key=value on the run (repeatable)"),
+    description: Optional[str] = typer.Option(None, "--description", help="the run's description in the MLflow UI"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (run id, experiment, tracking URI, "
+                                 "metrics, checkpoint) and nothing else on stdout; progress goes to stderr"),
 ) -> None:
-    """Train one method: config -> Ray Datasets -> TorchTrainer -> MLflow run -> summary."""
-    from pipelines.run import load_config, train
+    """Train one method: config -> Ray Datasets -> TorchTrainer -> MLflow run -> summary.
+
+    The MLflow experiment is $MLFLOW_EXPERIMENT_NAME if set, else tracking.experiment, else trainlab/<method>."""
+    from pipelines.run import check_run_name, load_config, parse_tags, train
     from trainers import get_method
 
     with _reported_errors():
         spec = get_method(method)
         cfg = load_config(method, config, set_, quick, _overrides(num_workers, gpu, seed, cpus_per_worker))
+        tags = parse_tags(tag)
+        if run_name is not None:
+            check_run_name(run_name)
         if print_config:
             import yaml
 
             console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False)
             return
-        if cfg.budget_knob() is not None:  # a pruning budget to calibrate: several trainings, one parent run
-            from tuning.budget import calibrate
+        with _stdout_for_json(as_json) as out:
+            if cfg.budget_knob() is not None:  # a pruning budget to calibrate: several trainings, one parent run
+                from tuning.budget import calibrate
 
-            res = calibrate(method, cfg)
-        else:
-            res = train(method, cfg)
-    _run_summary(res, spec)
+                res = calibrate(method, cfg, run_name=run_name, tags=tags, description=description)
+            else:
+                res = train(method, cfg, run_name=run_name, extra_tags=tags, description=description)
+            if out is not None:
+                out.update(_result_json(res))
+    if not as_json:
+        _run_summary(res, spec)
 
 
 @app.command("sweep")

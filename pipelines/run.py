@@ -65,6 +65,37 @@ def load_config(method: str, config_file: str | None = None, sets: list[str] | N
                         read_yaml(config_file) if config_file else None, parse_set_args(sets), overrides)
 
 
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+
+
+def check_run_name(name: str) -> str:
+    """A user's ``--run-name``: it names the MLflow run and the run's storage folder, so a path component."""
+    import re
+
+    if not re.fullmatch(RUN_NAME, name):
+        raise ConfigError(f"--run-name: {name!r}; allowed: 1-128 characters of letters, digits, '.', '_', '-', "
+                          "starting with a letter or digit (it names the run's storage folder)")
+    return name
+
+
+def parse_tags(items: list[str] | None) -> dict[str, str]:
+    """``--tag key=value`` (repeatable) -> tags; the keys MLflow and trainlab set themselves are refused."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--tag: {item!r}; allowed: key=value")
+        if key.startswith("mlflow.") or key in RESERVED_TAGS:
+            raise ConfigError(f"--tag: {key!r} is set by trainlab or MLflow; allowed: any other key "
+                              f"(not mlflow.*, {', '.join(sorted(RESERVED_TAGS))})")
+        out[key] = value
+    return out
+
+
+RESERVED_TAGS = frozenset({"method", "variant", "dataset", "git_sha", "kind", "sweep", "stop_reason"})
+
+
 def unique_run_name(method: str) -> str:
     return f"{method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
@@ -217,7 +248,7 @@ def _train_controller_env() -> None:
 
 def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, parent_run_id: str | None = None,
           callbacks: list | None = None, bundle=None, extra_tags: dict | None = None,
-          in_trial: bool = False) -> RunResult:
+          in_trial: bool = False, description: str | None = None) -> RunResult:
     """Run one TorchTrainer job for ``method`` and log it to MLflow. Raises on failure (run marked FAILED).
 
     ``in_trial``: called by a Tune trial with a single CPU worker. The loop then runs in the trial's own process
@@ -245,13 +276,14 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         if prepared.datasets is not None:  # the method trains on datasets it derived (e.g. batch-inference columns)
             bundle = dataclasses.replace(bundle, datasets=prepared.datasets, sizes=prepared.sizes or bundle.sizes)
     run_name = run_name or unique_run_name(method)
-    experiment = cfg.tracking.experiment or f"trainlab/{method}"
+    experiment = tracking.experiment_name(cfg, method)
     uri = tracking.tracking_uri()
     cfg_dict = cfg.model_dump(mode="json")
     variant = getattr(cfg.method, spec.variant_field, "") if spec.variant_field else ""
     tags = {"method": method, "variant": str(variant), "dataset": bundle.name, **(extra_tags or {})}
     marks["prepare"] = time.time()
-    run_id = tracking.start_run(experiment, run_name, cfg_dict, tags, parent_run_id=parent_run_id)
+    run_id = tracking.start_run(experiment, run_name, cfg_dict, tags, parent_run_id=parent_run_id,
+                                description=description)
     marks["mlflow_run"] = time.time()
 
     storage = storage_root()

@@ -81,12 +81,33 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
             raise TrackingError(f"MLFLOW_TRACKING_URI={uri}: directory {parent} is not writable")
 
 
-def git_sha() -> str:
+def git_sha(full: bool = False) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        return subprocess.run(["git", "rev-parse", *([] if full else ["--short"]), "HEAD"], capture_output=True, text=True,
                               timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def experiment_name(cfg, method: str) -> str:
+    """The run's MLflow experiment: ``MLFLOW_EXPERIMENT_NAME`` (as MLflow's own clients read it), else the config's
+    ``tracking.experiment``, else ``trainlab/<method>``."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or cfg.tracking.experiment or f"trainlab/{method}"
+
+
+def standard_tags(description: str | None = None) -> dict[str, str]:
+    """The tags MLflow's own clients set on a run (user, source name and type, from MLflow's context registry), the
+    commit of trainlab's checkout (MLflow looks for a repository beside the entry script, here the venv's
+    ``trainlab`` launcher, and finds none) and the run's description (the UI's "Description", ``mlflow.note.content``)."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = dict(resolve_tags())
+    sha = git_sha(full=True)
+    if sha != "unknown":
+        tags["mlflow.source.git.commit"] = sha
+    if description:
+        tags["mlflow.note.content"] = description
+    return tags
 
 
 def experiment_id(name: str) -> str:
@@ -99,8 +120,9 @@ def experiment_id(name: str) -> str:
 
 
 def start_run(experiment: str, run_name: str, config: dict, tags: dict[str, str],
-              parent_run_id: str | None = None) -> str:
-    """Create the MLflow run for one training job; log params, tags and ``config.yaml``."""
+              parent_run_id: str | None = None, description: str | None = None) -> str:
+    """Create the MLflow run for one training job; log params, tags (MLflow's standard ones first, see
+    :func:`standard_tags`; the caller's win) and ``config.yaml``."""
     import mlflow
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
@@ -108,7 +130,7 @@ def start_run(experiment: str, run_name: str, config: dict, tags: dict[str, str]
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    all_tags = {"mlflow.runName": run_name, "git_sha": git_sha(), **tags}
+    all_tags = {**standard_tags(description), "mlflow.runName": run_name, "git_sha": git_sha(), **tags}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)

@@ -37,13 +37,44 @@ def test_console_script_is_installed_and_helps():
 
 
 def test_quick_run_logs_everything_to_mlflow(ray_session, workdir):
-    """`trainlab run decorrelation --quick`, as a separate process on the session's Ray cluster."""
-    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address)
-    r = subprocess.run(["trainlab", "run", "decorrelation", "--quick", "--seed", "3"], capture_output=True,
-                       text=True, timeout=600, env=env, cwd=workdir)
+    """`trainlab run decorrelation --quick`, as a separate process on the session's Ray cluster, with the user's run
+    metadata and `--json`: stdout is one JSON object and nothing else; $MLFLOW_EXPERIMENT_NAME wins over the config."""
+    import json
+
+    env = dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address,
+               MLFLOW_EXPERIMENT_NAME="team/e2e-quick")
+    r = subprocess.run(["trainlab", "run", "decorrelation", "--quick", "--seed", "3", "--json",
+                        "--run-name", "quick-e2e.1", "--tag", "team=vision", "--tag", "ticket=ML-7",
+                        "--description", "the e2e quick run", "--set", "tracking.experiment=not-this-one"],
+                       capture_output=True, text=True, timeout=600, env=env, cwd=workdir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "MLflow run id" in r.stdout and "target_acc" in r.stdout
-    (run,) = _runs()
+    out = json.loads(r.stdout)  # the whole of stdout: one object
+    assert r.stdout.count("\n") == 1 and "[decorrelation] epoch 3/3" in r.stderr
+    assert out["run_name"] == "quick-e2e.1" and out["experiment"] == "team/e2e-quick"
+    assert 0.0 <= out["metrics"]["target_acc"] <= 1.0 and out["checkpoint"]
+    assert _client().get_experiment_by_name("not-this-one") is None
+    (run,) = _runs("team/e2e-quick")
+    assert run.info.run_id == out["run_id"] and run.info.run_name == "quick-e2e.1"
+    assert run.data.tags["team"] == "vision" and run.data.tags["ticket"] == "ML-7"
+    assert run.data.tags["mlflow.note.content"] == "the e2e quick run"
+    assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    # the terminal summary a person gets without --json, rendered from the same result
+    from rich.console import Console
+
+    from pipelines import cli
+    from pipelines.run import RunResult
+    from trainers import get_method
+
+    res = RunResult(out["method"], out["run_name"], out["run_id"], out["experiment"], out["tracking_uri"],
+                    out["metrics"], out["checkpoint"], out["storage_path"])
+    console, cli.console = cli.console, Console(record=True, width=200)
+    try:
+        cli._run_summary(res, get_method("decorrelation"))
+        shown = cli.console.export_text()
+    finally:
+        cli.console = console
+    assert "MLflow run id" in shown and out["run_id"] in shown and "target_acc" in shown
     assert run.info.status == "FINISHED"
     assert run.data.params["method.variant"] == "A" and run.data.params["seed"] == "3"
     assert run.data.tags["method"] == "decorrelation" and run.data.tags["variant"] == "A"

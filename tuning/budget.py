@@ -65,26 +65,29 @@ def bisect_knob(f: Callable[[float], float], target: float, lo: float, hi: float
     return Bisection(best_u, best_v, evals, abs(best_v - target) <= tolerance)
 
 
-def calibrate(method: str, cfg: BaseRunConfig) -> RunResult:
+def calibrate(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, tags: dict | None = None,
+              description: str | None = None) -> RunResult:
     """Run the bisection of ``cfg.budget_knob()``; return the chosen training's result (its metrics
-    extended with ``budget_*`` figures and ``calibration_parent_run_id``)."""
+    extended with ``budget_*`` figures and ``calibration_parent_run_id``). ``run_name``, ``tags``, ``description``:
+    the user's, on the parent run (whose name prefixes the trainings') and, tags, on every training."""
     knob: Knob | None = cfg.budget_knob()
     if knob is None:
         raise ConfigError(f"{method}: this config asks for no budget calibration")
     spec = get_method(method)
     bundle = preflight(spec, cfg)
     base = cfg.model_dump(mode="json")
-    name = unique_run_name(f"calibrate-{method}")
-    experiment = cfg.tracking.experiment or f"trainlab/{method}"
-    parent = tracking.start_run(experiment, name, base, {"method": method, "kind": "budget_calibration",
-                                                        "knob": knob.name, "calibration": name})
+    name = run_name or unique_run_name(f"calibrate-{method}")
+    experiment = tracking.experiment_name(cfg, method)
+    parent = tracking.start_run(experiment, name, base, {**(tags or {}), "method": method, "kind": "budget_calibration",
+                                                        "knob": knob.name, "calibration": name},
+                                description=description)
     results: dict[float, RunResult] = {}
 
     def one(u: float) -> float:
         run_cfg = build_config(spec.config_cls, base, knob.overrides(u))
         i = len(results)
         res = train(method, run_cfg, run_name=f"{name}-{i}", parent_run_id=parent, bundle=bundle,
-                    extra_tags={"calibration": name, "calibration_step": str(i)})
+                    extra_tags={**(tags or {}), "calibration": name, "calibration_step": str(i)})
         results[u] = res
         got = res.metrics.get(knob.metric)
         if got is None:

@@ -124,7 +124,8 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
     sched = make_scheduler(scheduler, reports, grace_period,
                            "tasks (data.num_tasks)" if spec.reports else "train.epochs")
     sweep_name = unique_run_name(f"sweep-{method}")
-    experiment = base_cfg.tracking.experiment or f"trainlab/{method}"
+    experiment = tracking.experiment_name(base_cfg, method)
+    base["tracking"]["experiment"] = experiment  # the trials' runs join the parent's experiment, whatever their env
     parent = tracking.start_run(experiment, sweep_name, base, {
         "method": method, "sweep": sweep_name, "kind": "sweep", "scheduler": scheduler, "search": search,
         "metric": spec.metric, "mode": spec.mode})
