@@ -267,6 +267,7 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
         bundle = preflight(spec, cfg)
     marks["preflight"] = time.time()
     _train_controller_env()  # before prepare, which may run a TorchTrainer of its own
+    data = bundle  # what the user's data is (MLflow's lineage), before a method derives its training sets from it
     prepared = Prepared()
     if spec.prepare is not None:  # driver-side precomputation, before the MLflow run exists
         try:
@@ -284,6 +285,12 @@ def train(method: str, cfg: BaseRunConfig, *, run_name: str | None = None, paren
     marks["prepare"] = time.time()
     run_id = tracking.start_run(experiment, run_name, cfg_dict, tags, parent_run_id=parent_run_id,
                                 description=description)
+    try:
+        tracking.log_inputs(run_id, data)
+    except Exception as e:  # noqa: BLE001 - lineage is metadata: a store that refuses it must not stop the run
+        import logging
+
+        logging.getLogger("trainlab").warning("MLflow dataset lineage not logged (%s: %s)", type(e).__name__, e)
     marks["mlflow_run"] = time.time()
 
     storage = storage_root()

@@ -59,3 +59,10 @@ def test_help_documents_the_exit_codes_and_json():
 
     assert "Exit codes: 0 done; 1 training failed" in shown() and "2 bad input" in shown()
     assert "--json" in shown("run") and "--run-name" in shown("run") and "MLFLOW_EXPERIMENT_NAME" in shown("run")
+
+
+def test_split_contexts_follow_mlflows_names():
+    from pipelines.tracking import split_context
+
+    assert [split_context(s) for s in ("source_train", "train", "d1_val", "target_test", "eval", "task1_eval")] == [
+        "training", "training", "validation", "test", "evaluation", "evaluation"]

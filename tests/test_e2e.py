@@ -59,6 +59,14 @@ def test_quick_run_logs_everything_to_mlflow(ray_session, workdir):
     assert run.data.tags["mlflow.note.content"] == "the e2e quick run"
     assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    # dataset lineage: one dataset per split, in its context, with its rows and schema
+    inputs = {i.dataset.name.rsplit("/", 1)[1]: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"source_train", "source_val", "target_train", "target_val", "target_test"}
+    context = {k: {t.key: t.value for t in i.tags}["mlflow.data.context"] for k, i in inputs.items()}
+    assert context == {"source_train": "training", "target_train": "training", "source_val": "validation",
+                       "target_val": "validation", "target_test": "test"}
+    assert all(json.loads(i.dataset.profile)["num_rows"] > 0 for i in inputs.values())
+    assert "x" in inputs["source_train"].dataset.schema and inputs["source_train"].dataset.digest
     # the terminal summary a person gets without --json, rendered from the same result
     from rich.console import Console
 
@@ -117,6 +125,9 @@ def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     assert all(c.info.status == "FINISHED" for c in children), [  # ASHA-stopped trials are closed too
         (c.info.status, c.data.tags.get("tune_early_stopped"), c.data.tags.get("error")) for c in children]
     assert all(c.data.tags.get("sweep") == parent.data.tags["sweep"] for c in children)
+    # every trial trained on the same data: MLflow shows the same datasets (digests) on every child
+    digests = {tuple(sorted((i.dataset.name, i.dataset.digest) for i in c.inputs.dataset_inputs)) for c in children}
+    assert len(digests) == 1 and len(next(iter(digests))) == 5
     best = max(c.data.metrics["target_val_acc"] for c in children)
     assert parent.data.metrics["best_target_val_acc"] == pytest.approx(best)
     assert parent.info.status == "FINISHED"

@@ -30,3 +30,5 @@ class DataBundle:
     num_classes: int
     sizes: dict[str, int]                     # rows per split
     name: str                                 # MLflow `dataset` tag
+    source: str = ""                          # where the rows come from (a path, a URI, trainlab-embedded:<name>)
+    digest: str = ""                          # of the rows as read (content or file identity); "" = unknown

@@ -564,4 +564,17 @@ def read_parquet(path: str, image_shape: tuple[int, ...] | None = None, seed: in
                            d=info["feature_length"], has_split=info["has_split_column"],
                            seed=seed, val_fraction=val_fraction))
     return DataBundle(datasets=datasets, input_shape=info["input_shape"], num_classes=info["num_classes"],
-                      sizes=dict(info["sizes"]), name=str(path))
+                      sizes=dict(info["sizes"]), name=str(path), source=str(Path(path).resolve()),
+                      digest=files_digest(info["files"], seed=seed, val_fraction=val_fraction))
+
+
+def files_digest(files: list[str], **split_args) -> str:
+    """A digest of parquet files by identity (path, size, modification time; reading every byte again would cost a
+    pass over the data) and of how they are split into train/val (``split_args``)."""
+    import hashlib
+
+    h = hashlib.sha256(repr(sorted(split_args.items())).encode())
+    for f in sorted(files):
+        st = os.stat(f)
+        h.update(f"{Path(f).resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]

@@ -76,9 +76,10 @@ def build_shift_pair(cfg) -> DataBundle:
                           val_fraction=d.val_fraction, labelled_target=True)
         rename = {"d1_train": "source_train", "d1_val": "source_val", "d2_train": "target_test", "d2_val": "target_val"}
         b = DataBundle(datasets={k: pq.datasets[v] for k, v in rename.items()}, input_shape=pq.input_shape,
-                       num_classes=pq.num_classes, sizes={k: pq.sizes[v] for k, v in rename.items()}, name=pq.name)
+                       num_classes=pq.num_classes, sizes={k: pq.sizes[v] for k, v in rename.items()}, name=pq.name,
+                       source=pq.source, digest=pq.digest)
     # the generator trains on both domains: its splits' sizes (the datasets are made by the method's prepare)
     sizes = {**b.sizes, "gen_train": b.sizes["d1_train"] + b.sizes["d2_train"],
              "gen_val": b.sizes["d1_val"] + b.sizes["d2_val"]}
     return DataBundle(datasets=b.datasets, input_shape=b.input_shape, num_classes=b.num_classes, sizes=sizes,
-                      name=b.name)
+                      name=b.name, source=b.source, digest=b.digest)
