@@ -45,7 +45,8 @@ def test_quick_run_logs_everything_to_mlflow(ray_session, workdir):
                MLFLOW_EXPERIMENT_NAME="team/e2e-quick")
     r = subprocess.run(["trainlab", "run", "decorrelation", "--quick", "--seed", "3", "--json",
                         "--run-name", "quick-e2e.1", "--tag", "team=vision", "--tag", "ticket=ML-7",
-                        "--description", "the e2e quick run", "--set", "tracking.experiment=not-this-one"],
+                        "--description", "the e2e quick run", "--set", "tracking.experiment=not-this-one",
+                        "--set", "tracking.system_metrics_interval_s=1"],
                        capture_output=True, text=True, timeout=600, env=env, cwd=workdir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = json.loads(r.stdout)  # the whole of stdout: one object
@@ -59,6 +60,8 @@ def test_quick_run_logs_everything_to_mlflow(ray_session, workdir):
     assert run.data.tags["mlflow.note.content"] == "the e2e quick run"
     assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    # system metrics (MLflow's monitor on the worker): the System metrics tab is not empty
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
     # dataset lineage: one dataset per split, in its context, with its rows and schema
     inputs = {i.dataset.name.rsplit("/", 1)[1]: i for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"source_train", "source_val", "target_train", "target_val", "target_test"}

@@ -58,6 +58,9 @@ class ScalingSection(Section):
 class TrackingSection(Section):
     experiment: str | None = Field(None, description="MLflow experiment; default trainlab/<method>")
     log_model: bool = True
+    system_metrics: bool = Field(True, description="log CPU, memory, disk, network (and GPU where present) of each "
+                                                   "node to the run (MLflow's system metrics monitor)")
+    system_metrics_interval_s: float = Field(5.0, ge=0.5, le=3600, description="seconds between system samples")
 
 
 @dataclass(frozen=True)

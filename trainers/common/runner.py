@@ -90,6 +90,13 @@ def run_learner(w: Worker, learner: Learner) -> str:
 
     Per unit, on every rank: ``learn`` → ``stop_requested`` (all-reduce) → ``conclude`` if this is the last unit →
     ``report`` (Ray Train's barrier; rank 0 checkpoints). A restarted job continues after the checkpoint's unit."""
+    try:
+        return _run(w, learner)
+    finally:
+        w.close()
+
+
+def _run(w: Worker, learner: Learner) -> str:
     start = 1
     state = w.restore() if learner.resumable else None
     if state is not None:

@@ -268,6 +268,40 @@ class Worker:
             mlflow.set_tracking_uri(self.run.tracking_uri)
             self._mlflow = RunLogger(self.run.tracking_uri, self.run.mlflow_run_id,
                                      self.run.mlflow_pending_dir or tempfile.gettempdir())
+        self._system = self._system_metrics()
+
+    def _system_metrics(self):
+        """MLflow's system metrics monitor (a sampling thread) on the first worker of each node of a run that has
+        an MLflow run; on more than one worker its metrics are named by node (``system/<node>/...``)."""
+        if not (self.run.mlflow_run_id and self.cfg.tracking.system_metrics):
+            return None
+        if self._session is None:
+            import ray.train
+
+            if ray.train.get_context().get_local_rank() != 0:
+                return None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        except ImportError:  # psutil missing: say so once, train anyway
+            log.warning("system metrics not logged: MLflow's monitor needs psutil (pip install psutil)")
+            return None
+        import socket
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop lines are noise here
+        node = f"{socket.gethostname()}-rank{self.rank}" if self.world_size > 1 else None
+        monitor = SystemMetricsMonitor(self.run.mlflow_run_id, sampling_interval=self.cfg.tracking.system_metrics_interval_s,
+                                       node_id=node, tracking_uri=self.run.tracking_uri)
+        monitor.start()
+        return monitor
+
+    def close(self) -> None:
+        """End of this worker's loop: the system metrics monitor logs what it sampled and stops."""
+        if self._system is not None:
+            try:
+                self._system.finish()
+            except Exception as e:  # noqa: BLE001 - a store gone at the end must not fail a finished run
+                log.warning("system metrics: %s", e)
+            self._system = None
 
     # -- data ---------------------------------------------------------------------------------
     def loader(self, name: str, batch_size: int | None = None) -> ShardLoader:
