@@ -425,6 +425,23 @@ class Worker:
                 fig.savefig(p, dpi=110, bbox_inches="tight")
                 self.log_artifact(p, artifact_dir)
 
+    def log_image(self, key: str, image: np.ndarray, step: int) -> None:
+        """An image at a training step (``mlflow.log_image(key=..., step=...)``): the run page's images, with a step
+        slider. ``image``: (H, W) or (H, W, C) floats in [0, 1] or uint8."""
+        if self._mlflow is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if image.dtype != np.uint8:
+            image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+        try:
+            MlflowClient(self.run.tracking_uri).log_image(self.run.mlflow_run_id, image, key=key, step=int(step))
+        except Exception as e:  # noqa: BLE001 - the figure is also an artifact; a store that refuses this is no failure
+            log.warning("log_image(%s) failed: %s", key, e)
+
     def log_model(self, model: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...],
                   name: str = "model") -> None:
         """The model with ``mlflow.pytorch`` under ``name``. ``example``: its input, two rows of which MLflow

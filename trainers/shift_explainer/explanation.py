@@ -147,7 +147,9 @@ def log_outputs(w: Worker, expl: Explanation, models: Models, classifier, histor
     import matplotlib.pyplot as plt
 
     with tempfile.TemporaryDirectory() as d:
-        w.log_artifact(render(expl, Path(d) / "explanation_grid.png"), "explanation")
+        png = render(expl, Path(d) / "explanation_grid.png")
+        w.log_artifact(png, "explanation")
+        w.log_image("explanation_grid", plt.imread(png)[..., :3], step=int(history[-1]["epoch"]) if history else 0)
         sel = expl.selection
         np.savez(Path(d) / "selected_samples.npz", x1=np.asarray(sel["x1"]), x2=np.asarray(sel["x2"]),
                  y1=sel["y1"], y2=sel["y2"], l1=sel["l1"], l2=sel["l2"])

@@ -279,6 +279,7 @@ class Quality:
         ax.axis("off")
         w.log_figure(fig, f"samples_step{step:07d}.png", "samples")
         plt.close(fig)
+        w.log_image("samples", grid.numpy(), step)  # the UI's step slider over training
 
     def log_final(self, w: Worker, history: list[dict], g, best_g: dict | None) -> None:
         import matplotlib
