@@ -203,8 +203,10 @@ def test_quick_run_logs_losses_quality_and_artifacts(ray_session, workdir):
     assert {"plots/fd_curve.png", "plots/power_spectra.png"} <= set(arts)
     assert sum(a.startswith("samples/") for a in arts) == cfg.train.epochs
     # the same grids as MLflow images over training (mlflow.log_image key/step: the UI's step slider)
-    shown = {int(a.split("%step%")[1].split("%")[0]) for a in mlflow_artifacts(run.info.run_id, "images")
-             if "samples%step%" in a}
+    import re
+
+    shown = {int(m[1]) for a in mlflow_artifacts(run.info.run_id, "images")  # images/<key>+step+<n>+... (or %)
+             if (m := re.match(r"images/samples[+%]step[+%](\d+)[+%]", a))}
     assert shown == {e * cfg.method.eval_every for e in range(1, cfg.train.epochs + 1)}, shown
     assert any(a.startswith("model") or "MLmodel" in a for a in arts) or _logged_model(run)
 
