@@ -161,6 +161,8 @@ def run_cmd(
     description: Optional[str] = typer.Option(None, "--description", help="the run's description in the MLflow UI"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (run id, experiment, tracking URI, "
                                  "metrics, checkpoint) and nothing else on stdout; progress goes to stderr"),
+    register: Optional[str] = typer.Option(None, "--register", help="register the run's model as a new version "
+                                           "of this MLflow registered model (tagged with its metric, linked to the run)"),
 ) -> None:
     """Train one method: config -> Ray Datasets -> TorchTrainer -> MLflow run -> summary.
 
@@ -174,6 +176,10 @@ def run_cmd(
         tags = parse_tags(tag)
         if run_name is not None:
             check_run_name(run_name)
+        if register is not None:
+            from pipelines.tracking import check_registered_name
+
+            check_registered_name(register, cfg.tracking.log_model)
         if print_config:
             import yaml
 
@@ -186,10 +192,18 @@ def run_cmd(
                 res = calibrate(method, cfg, run_name=run_name, tags=tags, description=description)
             else:
                 res = train(method, cfg, run_name=run_name, extra_tags=tags, description=description)
+            registered = None
+            if register is not None:
+                from pipelines.tracking import register_run_model
+
+                registered = register_run_model(res.run_id, register, (spec.metric, res.metrics.get(spec.metric)))
             if out is not None:
-                out.update(_result_json(res))
+                out.update(_result_json(res), registered=registered)
     if not as_json:
         _run_summary(res, spec)
+        if registered:
+            console.print(f"registered: {registered['name']} version {registered['version']} "
+                          f"(models:/{registered['name']}/{registered['version']})", highlight=False, soft_wrap=True)
 
 
 @app.command("sweep")
@@ -213,6 +227,8 @@ def sweep_cmd(
                                               help="write the best trial's full config here (YAML for run --config)"),
     resume: Optional[str] = typer.Option(None, "--resume", help="finish an interrupted sweep: its directory (or name "
                                                                 "under the storage root); its saved settings apply"),
+    register: Optional[str] = typer.Option(None, "--register", help="register the best trial's model as a new version "
+                                           "of this MLflow registered model and point its alias 'champion' at it"),
 ) -> None:
     """Sweep a method's hyperparameters with Ray Tune; one MLflow parent run, one child run per trial.
 
@@ -225,11 +241,22 @@ def sweep_cmd(
     try:
         with _reported_errors():
             if resume:
+                if register is not None:
+                    from pipelines.tracking import check_registered_name
+
+                    check_registered_name(register)
                 res = resume_sweep(method, resume)
             else:
                 cfg = load_config(method, config, set_, quick, _overrides(num_workers, gpu, seed, cpus_per_worker))
+                if register is not None:
+                    from pipelines.tracking import check_registered_name
+
+                    check_registered_name(register, cfg.tracking.log_model)
                 res = sweep(method, cfg, num_samples=num_samples, scheduler=scheduler, search=search,
                             max_concurrent=max_concurrent, space_file=space, grace_period=grace_period)
+            registered = None
+            if register is not None:
+                registered = _register_best(res, register)
     except SweepInterrupted as e:
         err_console.print(str(e), highlight=False, soft_wrap=True)
         raise typer.Exit(130)
@@ -251,7 +278,26 @@ def sweep_cmd(
                       highlight=False, soft_wrap=True)
     console.print(f"best {res.metric} = {res.best_metric:.4f}; parent MLflow run {res.parent_run_id} "
                   f"in experiment {res.experiment} at {tracking_uri()}", highlight=False, soft_wrap=True)
+    if registered:
+        console.print(f"registered the best trial's model: {registered['name']} version {registered['version']}, "
+                      f"alias champion (models:/{registered['name']}@champion)", highlight=False, soft_wrap=True)
     console.print(f"look at it: [bold]{ui_hint()}[/]", highlight=False, soft_wrap=True)
+
+
+def _register_best(res, name: str) -> dict:
+    """The best trial that logged a model (a trial ASHA stopped early logs none) -> a new version, alias champion."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import TrackingError, register_run_model, tracking_uri
+
+    client = MlflowClient(tracking_uri())
+    for run_id in res.ranked_run_ids:
+        try:
+            value = client.get_run(run_id).data.metrics.get(res.metric)
+            return register_run_model(run_id, name, (res.metric, value), alias="champion")
+        except TrackingError:
+            continue  # this trial logged no model: the next best
+    raise TrackingError(f"--register {name}: no trial of the sweep logged a model (tracking.log_model=false?)")
 
 
 @app.command("demo")

@@ -225,3 +225,44 @@ def log_inputs(run_id: str, bundle) -> None:
                          profile=json.dumps({"num_rows": int(bundle.sizes.get(split, -1))}))
         inputs.append(DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, split_context(split))]))
     MlflowClient(tracking_uri()).log_inputs(run_id, datasets=inputs)
+
+
+REGISTERED_NAME = r"[A-Za-z0-9][A-Za-z0-9._ -]{0,255}"
+
+
+def check_registered_name(name: str, log_model: bool = True) -> str:
+    """``--register NAME``, checked before any training: a name MLflow's registry takes, and a run that logs a model."""
+    if not re.fullmatch(REGISTERED_NAME, name):
+        raise TrackingError(f"--register: {name!r}; allowed: 1-256 characters of letters, digits, '.', '_', '-', ' ', "
+                            "starting with a letter or digit")
+    if not log_model:
+        raise TrackingError("--register: tracking.log_model is false, so the run would log no model to register; "
+                            "allowed: --register with tracking.log_model=true")
+    return name
+
+
+def register_run_model(run_id: str, name: str, metric: tuple[str, float] | None = None,
+                       alias: str | None = None) -> dict:
+    """Register the model ``run_id`` logged (its ``model``; a run with several, e.g. shift_explainer's generator and
+    classifier, registers the first that is not an auxiliary classifier) as a new version of ``name``, tagged with
+    its metric and linked to its run; point ``alias`` at it. Returns ``{name, version, alias, model_id}``."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    logged = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    logged = sorted(logged, key=lambda m: (m.name != "model", m.name == "classifier", m.name))
+    if not logged:
+        raise TrackingError(f"--register {name}: run {run_id} logged no model (a trial stopped early logs none)")
+    tags = {"source_run_id": run_id}
+    if metric is not None:
+        tags[metric[0]] = str(metric[1])
+    mv = mlflow.register_model(f"models:/{logged[0].model_id}", name, tags=tags)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    client.set_tag(run_id, "registered_model", f"{name}:{mv.version}")
+    return {"name": name, "version": int(mv.version), "alias": alias, "model_id": logged[0].model_id}

@@ -66,3 +66,13 @@ def test_split_contexts_follow_mlflows_names():
 
     assert [split_context(s) for s in ("source_train", "train", "d1_val", "target_test", "eval", "task1_eval")] == [
         "training", "training", "validation", "test", "evaluation", "evaluation"]
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--register", "bad/name"], "--register: 'bad/name'; allowed"),
+    (["--register", "ok-name", "--set", "tracking.log_model=false"], "--register: tracking.log_model is false"),
+])
+def test_bad_register_requests_are_one_line_before_anything_starts(args, fragment):
+    res = CliRunner().invoke(app, ["run", "decorrelation", "--quick", *args])
+    assert res.exit_code == 2, res.output
+    assert fragment in res.output and "Traceback" not in res.output

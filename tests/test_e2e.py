@@ -46,7 +46,7 @@ def test_quick_run_logs_everything_to_mlflow(ray_session, workdir):
     r = subprocess.run(["trainlab", "run", "decorrelation", "--quick", "--seed", "3", "--json",
                         "--run-name", "quick-e2e.1", "--tag", "team=vision", "--tag", "ticket=ML-7",
                         "--description", "the e2e quick run", "--set", "tracking.experiment=not-this-one",
-                        "--set", "tracking.system_metrics_interval_s=1"],
+                        "--set", "tracking.system_metrics_interval_s=1", "--register", "e2e-quick-model"],
                        capture_output=True, text=True, timeout=600, env=env, cwd=workdir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = json.loads(r.stdout)  # the whole of stdout: one object
@@ -56,6 +56,12 @@ def test_quick_run_logs_everything_to_mlflow(ray_session, workdir):
     assert _client().get_experiment_by_name("not-this-one") is None
     (run,) = _runs("team/e2e-quick")
     assert run.info.run_id == out["run_id"] and run.info.run_name == "quick-e2e.1"
+    # --register: a new version of the registered model, linked to the run, tagged with its metric
+    assert out["registered"]["name"] == "e2e-quick-model" and out["registered"]["version"] == 1
+    version = _client().get_model_version("e2e-quick-model", "1")
+    assert version.run_id == run.info.run_id and float(version.tags["target_val_acc"]) == pytest.approx(
+        out["metrics"]["target_val_acc"])
+    assert run.data.tags["registered_model"] == "e2e-quick-model:1"
     assert run.data.tags["team"] == "vision" and run.data.tags["ticket"] == "ML-7"
     assert run.data.tags["mlflow.note.content"] == "the e2e quick run"
     assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.type"] == "LOCAL"
@@ -116,7 +122,8 @@ def test_quick_run_logs_everything_to_mlflow(ray_session, workdir):
 
 def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     res = CliRunner().invoke(app, ["sweep", "decorrelation", "--quick", "--num-samples", "3",
-                                   "--max-concurrent", "2", "--scheduler", "asha", "--set", "train.epochs=2"])
+                                   "--max-concurrent", "2", "--scheduler", "asha", "--set", "train.epochs=2",
+                                   "--register", "e2e-sweep-best"])
     assert res.exit_code == 0, res.output
     runs = _runs()
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
@@ -133,6 +140,10 @@ def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     assert len(digests) == 1 and len(next(iter(digests))) == 5
     best = max(c.data.metrics["target_val_acc"] for c in children)
     assert parent.data.metrics["best_target_val_acc"] == pytest.approx(best)
+    # --register: the best trial that logged a model (ASHA-stopped trials log none), alias champion
+    champion = _client().get_model_version_by_alias("e2e-sweep-best", "champion")
+    ran = [c for c in children if c.data.tags.get("tune_early_stopped") != "true"]
+    assert champion.run_id == max(ran, key=lambda c: c.data.metrics["target_val_acc"]).info.run_id
     assert parent.info.status == "FINISHED"
     assert "best_config.yaml" in _artifacts(parent.info.run_id)
     full = [c for c in children if c.data.tags.get("tune_early_stopped") != "true"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipelines import tracking
 from pipelines.run import preflight, runs_in_trial, storage_root, train, unique_run_name
@@ -37,6 +37,11 @@ class SweepResult:
     num_trials: int
     num_terminated_early: int
     trials: list[dict]
+    ranked_run_ids: list[str] = field(default_factory=list)  # the trials' MLflow child runs, best first
+
+    @property
+    def best_run_id(self) -> str | None:
+        return self.ranked_run_ids[0] if self.ranked_run_ids else None
 
 
 def _trial(trial_params: dict, *, method: str, base: dict, parent_run_id: str, sweep_name: str,
@@ -276,7 +281,23 @@ def _fit(tuner, meta: dict, path: str) -> SweepResult:
     early = sum(1 for t in ok if (t["epochs"] or 0) < epochs)
     _log_parent(parent, spec, best, best_cfg, trials, early)
     return SweepResult(meta["method"], parent, meta["experiment"], best_cfg, best[spec.metric], spec.metric,
-                       spec.mode, len(trials), early, trials)
+                       spec.mode, len(trials), early, trials,
+                       _ranked_runs(parent, sweep_name, sorted(ok, key=lambda t: t[spec.metric],
+                                                               reverse=spec.mode == "max")))
+
+
+def _ranked_runs(parent: str, sweep_name: str, ranked: list[dict]) -> list[str]:
+    """The MLflow child runs of ``ranked`` trials, in that order (a resumed trial's latest attempt), in one query."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.tracking_uri())
+    exp = client.get_run(parent).info.experiment_id
+    by_trial: dict[str, str] = {}
+    for r in client.search_runs([exp], filter_string=f"tags.sweep = '{sweep_name}'",
+                                order_by=["attributes.start_time ASC"], max_results=50_000):
+        if r.info.run_id != parent and r.data.tags.get("trial_id") and not r.data.tags.get("superseded_by_resume"):
+            by_trial[r.data.tags["trial_id"]] = r.info.run_id
+    return [by_trial[t["trial_id"]] for t in ranked if t.get("trial_id") in by_trial]
 
 
 def _close_children(parent: str, sweep_name: str, trials: list[dict], epochs: int) -> None:
