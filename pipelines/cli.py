@@ -163,6 +163,8 @@ def run_cmd(
                                  "metrics, checkpoint) and nothing else on stdout; progress goes to stderr"),
     register: Optional[str] = typer.Option(None, "--register", help="register the run's model as a new version "
                                            "of this MLflow registered model (tagged with its metric, linked to the run)"),
+    describe: bool = typer.Option(False, "--describe", help="list every config field (type, default, allowed "
+                                  "values, description) and exit; with --quick/--config/--set: their values"),
 ) -> None:
     """Train one method: config -> Ray Datasets -> TorchTrainer -> MLflow run -> summary.
 
@@ -180,6 +182,9 @@ def run_cmd(
             from pipelines.tracking import check_registered_name
 
             check_registered_name(register, cfg.tracking.log_model)
+        if describe:
+            _describe(spec, cfg, as_json)
+            return
         if print_config:
             import yaml
 
@@ -282,6 +287,25 @@ def sweep_cmd(
         console.print(f"registered the best trial's model: {registered['name']} version {registered['version']}, "
                       f"alias champion (models:/{registered['name']}@champion)", highlight=False, soft_wrap=True)
     console.print(f"look at it: [bold]{ui_hint()}[/]", highlight=False, soft_wrap=True)
+
+
+def _describe(spec, cfg, as_json: bool) -> None:
+    """``run METHOD --describe``: the typed config's fields, from its schema."""
+    from trainers.common.config import describe_fields
+
+    rows = describe_fields(spec.config_cls, cfg)
+    if as_json:
+        import json
+
+        print(json.dumps({"method": spec.key, "fields": rows}, default=str))
+        return
+    t = Table(title=f"trainlab run {spec.key}: config fields (--set FIELD=VALUE)")
+    t.add_column("field", no_wrap=True)
+    for c in ("type", "default", "allowed", "description"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(r["field"], r["type"], str(r["default"]), r["allowed"], r["description"])
+    console.print(t)
 
 
 def _register_best(res, name: str) -> dict:

@@ -76,3 +76,22 @@ def test_bad_register_requests_are_one_line_before_anything_starts(args, fragmen
     res = CliRunner().invoke(app, ["run", "decorrelation", "--quick", *args])
     assert res.exit_code == 2, res.output
     assert fragment in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("key", method_keys())
+def test_describe_lists_every_config_field_once_with_its_range(key):
+    from trainers.common.config import flatten
+
+    res = CliRunner().invoke(app, ["run", key, "--quick", "--describe", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["fields"]
+    names = [r["field"] for r in rows]
+    assert len(names) == len(set(names))
+    flat = set(flatten(load_config(key, quick=True).model_dump(mode="json")))
+    by = {r["field"]: r for r in rows}
+    assert flat <= set(names) and all(by[n]["default"] == {} for n in set(names) - flat)  # (an empty dict flattens away)
+    assert by["train.epochs"]["allowed"] == ">= 1 and <= 10000" and by["train.epochs"]["type"] == "int"
+    assert by["train.epochs"]["default"] == load_config(key, quick=True).train.epochs  # --quick's value
+    assert by["train.optimizer"]["allowed"] == "sgd, adam, adamw"
+    table = CliRunner().invoke(app, ["run", key, "--describe"])
+    assert table.exit_code == 0 and "train.batch_size" in table.output, table.output

@@ -226,3 +226,35 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def describe_fields(model_cls: type[BaseModel], base: BaseModel | None = None, prefix: str = "") -> list[dict]:
+    """Every config field of ``model_cls`` as ``{field, type, default, allowed, description}``: the dotted name
+    ``--set`` takes, the default (``base``'s value where given, e.g. a ``--quick`` config), the range or choices the
+    schema enforces, and the field's description (``trainlab run METHOD --describe``)."""
+    import annotated_types
+    import typing
+
+    rows: list[dict] = []
+    for name, info in model_cls.model_fields.items():
+        value = getattr(base, name) if base is not None else info.get_default(call_default_factory=True)
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, value if isinstance(value, BaseModel) else None, f"{prefix}{name}."))
+            continue
+        bounds = []
+        for m in info.metadata:
+            for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                if isinstance(m, getattr(annotated_types, attr.capitalize())):
+                    bounds.append(f"{op} {getattr(m, attr)}")
+        choices = [a for a in typing.get_args(ann) if typing.get_origin(ann) is Literal]
+        if not choices:  # Optional[Literal[...]]
+            for arg in typing.get_args(ann):
+                if typing.get_origin(arg) is Literal:
+                    choices = list(typing.get_args(arg)) + (["null"] if type(None) in typing.get_args(ann) else [])
+        type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        rows.append({"field": prefix + name, "type": "choice" if choices else type_name,
+                     "default": value.model_dump(mode="json") if isinstance(value, BaseModel) else value,
+                     "allowed": ", ".join(map(str, choices)) if choices else " and ".join(bounds),
+                     "description": info.description or ""})
+    return rows
