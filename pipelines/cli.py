@@ -81,7 +81,8 @@ def _stdout_for_json(enabled: bool):
     os.dup2(2, 1)
     out: dict = {}
     try:
-        yield out
+        with contextlib.redirect_stdout(sys.stderr):  # Python-level writes too (where sys.stdout is not fd 1)
+            yield out
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -234,6 +235,8 @@ def sweep_cmd(
                                                                 "under the storage root); its saved settings apply"),
     register: Optional[str] = typer.Option(None, "--register", help="register the best trial's model as a new version "
                                            "of this MLflow registered model and point its alias 'champion' at it"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object (parent run id, experiment, best "
+                                 "metric and config, trials, registered version) and nothing else on stdout"),
 ) -> None:
     """Sweep a method's hyperparameters with Ray Tune; one MLflow parent run, one child run per trial.
 
@@ -244,7 +247,7 @@ def sweep_cmd(
     from tuning.sweep import SweepInterrupted, resume as resume_sweep, sweep
 
     try:
-        with _reported_errors():
+        with _reported_errors(), _stdout_for_json(as_json) as out:
             if resume:
                 if register is not None:
                     from pipelines.tracking import check_registered_name
@@ -262,9 +265,20 @@ def sweep_cmd(
             registered = None
             if register is not None:
                 registered = _register_best(res, register)
+            if best_config:
+                import yaml
+
+                Path(best_config).write_text(yaml.safe_dump(res.best_config, sort_keys=False))
+            if out is not None:
+                out.update(method=res.method, parent_run_id=res.parent_run_id, experiment=res.experiment,
+                           tracking_uri=tracking_uri(), metric=res.metric, mode=res.mode, best_metric=res.best_metric,
+                           best_run_id=res.best_run_id, best_config=res.best_config, num_trials=res.num_trials,
+                           num_terminated_early=res.num_terminated_early, trials=res.trials, registered=registered)
     except SweepInterrupted as e:
         err_console.print(str(e), highlight=False, soft_wrap=True)
         raise typer.Exit(130)
+    if as_json:
+        return
     t = Table(title=f"trainlab sweep {method} — {res.num_trials} trials ({res.num_terminated_early} stopped early)")
     t.add_column("trial")
     t.add_column(res.metric)
@@ -276,9 +290,6 @@ def sweep_cmd(
                   ", ".join(f"{k}={v}" for k, v in tr["params"].items()))
     console.print(t)
     if best_config:
-        import yaml
-
-        Path(best_config).write_text(yaml.safe_dump(res.best_config, sort_keys=False))
         console.print(f"best config written to {best_config} (trainlab run {method} --config {best_config})",
                       highlight=False, soft_wrap=True)
     console.print(f"best {res.metric} = {res.best_metric:.4f}; parent MLflow run {res.parent_run_id} "

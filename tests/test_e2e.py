@@ -123,8 +123,12 @@ def test_quick_run_logs_everything_to_mlflow(ray_session, workdir):
 def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     res = CliRunner().invoke(app, ["sweep", "decorrelation", "--quick", "--num-samples", "3",
                                    "--max-concurrent", "2", "--scheduler", "asha", "--set", "train.epochs=2",
-                                   "--register", "e2e-sweep-best"])
+                                   "--register", "e2e-sweep-best", "--json"])
     assert res.exit_code == 0, res.output
+    import json
+
+    out = json.loads(res.stdout)  # --json: one object, nothing else on stdout
+    assert out["num_trials"] == 3 and out["registered"]["name"] == "e2e-sweep-best"
     runs = _runs()
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
     assert len(parents) == 1
