@@ -509,6 +509,18 @@ def test_quick_run_logs_the_accuracy_matrix_and_does_not_forget(ray_session, wor
     ckpt = run.data.tags["checkpoint"]
     x = embedded_task_stream("split", 3, 16)[1]["eval"][0]
     assert set(predict(ckpt, 2, x).tolist()) <= {2, 3}
+    # the run's MLflow model predicts for the task given per call, as `predict` on the checkpoint does
+    import mlflow
+    import mlflow.pyfunc
+
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                            filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")
+    model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    for task in ("1", "2", "digits45"):
+        assert np.array_equal(model.predict(x, params={"task": task}), predict(ckpt, task, x))
+    with pytest.raises(ValueError, match="--task: continual predicts with one task's masks"):
+        model.predict(x)
 
 
 def _final_and_task_checkpoints(storage: str) -> list[dict]:

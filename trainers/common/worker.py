@@ -442,6 +442,13 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - the figure is also an artifact; a store that refuses this is no failure
             log.warning("log_image(%s) failed: %s", key, e)
 
+    def log_pyfunc(self, python_model, artifacts: dict[str, str], signature, name: str = "model") -> None:
+        """A model that is not a plain ``nn.Module`` forward (e.g. continual's: the task is a parameter) as an MLflow
+        pyfunc model under ``name``; ``artifacts``: files it loads (``load_context``)."""
+        if self._mlflow is None or not self.cfg.tracking.log_model:
+            return
+        _log_pyfunc_impl(self, python_model, artifacts, signature, name)
+
     def log_model(self, model: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...],
                   name: str = "model") -> None:
         """The model with ``mlflow.pytorch`` under ``name``. ``example``: its input, two rows of which MLflow
@@ -467,6 +474,21 @@ class Worker:
             with tempfile.TemporaryDirectory() as d:
                 mlflow.pytorch.save_model(model, f"{d}/{name}", **kw)
                 self._mlflow.log_artifacts(f"{d}/{name}", name)
+
+
+def _log_pyfunc_impl(worker: "Worker", python_model, artifacts: dict[str, str], signature, name: str) -> None:
+    import mlflow
+    import mlflow.pyfunc
+
+    kw = {"pip_requirements": [f"torch=={torch.__version__.split('+')[0]}", "trainlab"], "signature": signature}
+    try:
+        with mlflow.start_run(run_id=worker.run.mlflow_run_id):
+            mlflow.pyfunc.log_model(name=name, python_model=python_model, artifacts=artifacts, **kw)
+    except Exception as e:  # noqa: BLE001 - tracking server down: keep the model as parked artifacts
+        log.warning("log_model(%s) failed (%s); the model is kept for `trainlab sync-mlflow`", name, e)
+        with tempfile.TemporaryDirectory() as d:
+            mlflow.pyfunc.save_model(f"{d}/{name}", python_model=python_model, artifacts=artifacts, **kw)
+            worker._mlflow.log_artifacts(f"{d}/{name}", name)
 
 
 def average_gradients(module: torch.nn.Module) -> None:

@@ -111,7 +111,23 @@ class TaskStream(LearnerBase):
     def conclude(self, t: int, reason: str, metrics: dict) -> dict:
         if self.w.is_chief:
             _log_artifacts(self.w, self.learner, self.prep)
+            self._log_model(t)
         return {}
+
+    def _log_model(self, t: int) -> None:
+        """The run as an MLflow pyfunc model that predicts for a task given per call (its masks inside)."""
+        if self.w.run.mlflow_run_id is None or not self.w.cfg.tracking.log_model:
+            return
+        import tempfile
+
+        from trainers.continual.inference import predict
+        from trainers.continual.pyfunc import TaskModel, signature
+
+        with tempfile.TemporaryDirectory() as d:
+            path = f"{d}/state.pt"
+            torch.save({**self.state_dict(), "epoch": t}, path)
+            x = np.zeros((2, *self.w.run.input_shape), dtype=np.float32)
+            self.w.log_pyfunc(TaskModel(), {"state": path}, signature(x, predict(path, 1, x)))
 
     def stop_tags(self, t: int) -> dict:
         return {"tasks_learned": str(t)}
