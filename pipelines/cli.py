@@ -237,12 +237,17 @@ def sweep_cmd(
                                            "of this MLflow registered model and point its alias 'champion' at it"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object (parent run id, experiment, best "
                                  "metric and config, trials, registered version) and nothing else on stdout"),
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="the sweep's name: its MLflow parent run and "
+                                           "its Tune directory (default sweep-<method>-<time>-<id>)"),
+    tag: Optional[list[str]] = typer.Option(None, "--tag", help="MLflow tag key=value on the parent and every "
+                                            "trial's run (repeatable)"),
+    description: Optional[str] = typer.Option(None, "--description", help="the parent run's description"),
 ) -> None:
     """Sweep a method's hyperparameters with Ray Tune; one MLflow parent run, one child run per trial.
 
     Ctrl-C stops the sweep cleanly (Tune saves its state) and prints the `--resume` command that runs
     only the trials that had not ended."""
-    from pipelines.run import load_config
+    from pipelines.run import check_run_name, load_config, parse_tags
     from pipelines.tracking import ui_hint, tracking_uri
     from tuning.sweep import SweepInterrupted, resume as resume_sweep, sweep
 
@@ -256,12 +261,16 @@ def sweep_cmd(
                 res = resume_sweep(method, resume)
             else:
                 cfg = load_config(method, config, set_, quick, _overrides(num_workers, gpu, seed, cpus_per_worker))
+                tags = parse_tags(tag)
+                if run_name is not None:
+                    check_run_name(run_name)
                 if register is not None:
                     from pipelines.tracking import check_registered_name
 
                     check_registered_name(register, cfg.tracking.log_model)
                 res = sweep(method, cfg, num_samples=num_samples, scheduler=scheduler, search=search,
-                            max_concurrent=max_concurrent, space_file=space, grace_period=grace_period)
+                            max_concurrent=max_concurrent, space_file=space, grace_period=grace_period,
+                            name=run_name, tags=tags, description=description)
             registered = None
             if register is not None:
                 registered = _register_best(res, register)

@@ -123,7 +123,8 @@ def test_quick_run_logs_everything_to_mlflow(ray_session, workdir):
 def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     res = CliRunner().invoke(app, ["sweep", "decorrelation", "--quick", "--num-samples", "3",
                                    "--max-concurrent", "2", "--scheduler", "asha", "--set", "train.epochs=2",
-                                   "--register", "e2e-sweep-best", "--json"])
+                                   "--register", "e2e-sweep-best", "--json", "--run-name", "e2e-sweep",
+                                   "--tag", "team=vision", "--description", "a tiny sweep"])
     assert res.exit_code == 0, res.output
     import json
 
@@ -133,12 +134,14 @@ def test_sweep_creates_parent_and_nested_child_runs(ray_session, workdir):
     parents = [r for r in runs if r.data.tags.get("kind") == "sweep"]
     assert len(parents) == 1
     parent = parents[0]
+    assert parent.info.run_name == "e2e-sweep" and parent.data.tags["mlflow.note.content"] == "a tiny sweep"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
     assert len({c.info.run_name for c in children}) == 3          # unique run names
     assert all(c.info.status == "FINISHED" for c in children), [  # ASHA-stopped trials are closed too
         (c.info.status, c.data.tags.get("tune_early_stopped"), c.data.tags.get("error")) for c in children]
     assert all(c.data.tags.get("sweep") == parent.data.tags["sweep"] for c in children)
+    assert all(r.data.tags.get("team") == "vision" for r in [parent, *children])  # --tag on every run
     # every trial trained on the same data: MLflow shows the same datasets (digests) on every child
     digests = {tuple(sorted((i.dataset.name, i.dataset.digest) for i in c.inputs.dataset_inputs)) for c in children}
     assert len(digests) == 1 and len(next(iter(digests))) == 5

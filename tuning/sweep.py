@@ -45,7 +45,7 @@ class SweepResult:
 
 
 def _trial(trial_params: dict, *, method: str, base: dict, parent_run_id: str, sweep_name: str,
-           env: dict[str, str]) -> None:
+           env: dict[str, str], tags: dict[str, str] | None = None) -> None:
     """Per-trial driver (a Tune function trainable): one TorchTrainer run reporting to Tune.
 
     It runs in a Ray actor whose environment and working directory are not the CLI's, so the
@@ -64,7 +64,7 @@ def _trial(trial_params: dict, *, method: str, base: dict, parent_run_id: str, s
     _supersede_earlier_attempts(parent_run_id, sweep_name, ctx.get_trial_id())
     train(method, cfg, run_name=run_name, parent_run_id=parent_run_id,
           callbacks=None if runs_in_trial(cfg) else [TuneReportCallback()], in_trial=True,
-          extra_tags={"sweep": sweep_name, "trial_id": ctx.get_trial_id()})
+          extra_tags={**(tags or {}), "sweep": sweep_name, "trial_id": ctx.get_trial_id()})
 
 
 def _supersede_earlier_attempts(parent_run_id: str, sweep_name: str, trial_id: str) -> None:
@@ -110,7 +110,10 @@ def make_scheduler(scheduler: str, reports: int, grace_period: int | None = None
 
 def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, scheduler: str = "asha",
           search: str = "random", max_concurrent: int = 2, space_file: str | None = None,
-          grace_period: int | None = None) -> SweepResult:
+          grace_period: int | None = None, name: str | None = None, tags: dict[str, str] | None = None,
+          description: str | None = None) -> SweepResult:
+    """``name``: the sweep's name (its MLflow parent run and its Tune directory; default sweep-<method>-<time>-<id>);
+    ``tags``: the user's MLflow tags, on the parent and every trial's run; ``description``: the parent run's."""
     from ray import tune
 
     spec = get_method(method)
@@ -128,12 +131,12 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
     reports = spec.reports(base_cfg, bundle) if spec.reports else base_cfg.train.epochs
     sched = make_scheduler(scheduler, reports, grace_period,
                            "tasks (data.num_tasks)" if spec.reports else "train.epochs")
-    sweep_name = unique_run_name(f"sweep-{method}")
+    sweep_name = name or unique_run_name(f"sweep-{method}")
     experiment = tracking.experiment_name(base_cfg, method)
     base["tracking"]["experiment"] = experiment  # the trials' runs join the parent's experiment, whatever their env
     parent = tracking.start_run(experiment, sweep_name, base, {
-        "method": method, "sweep": sweep_name, "kind": "sweep", "scheduler": scheduler, "search": search,
-        "metric": spec.metric, "mode": spec.mode})
+        **(tags or {}), "method": method, "sweep": sweep_name, "kind": "sweep", "scheduler": scheduler, "search": search,
+        "metric": spec.metric, "mode": spec.mode}, description=description)
     if search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -146,7 +149,8 @@ def sweep(method: str, base_cfg: BaseRunConfig, *, num_samples: int = 8, schedul
         search_alg = BasicVariantGenerator(random_state=base_cfg.seed, max_concurrent=max_concurrent)
     meta = {"method": method, "sweep_name": sweep_name, "parent_run_id": parent, "experiment": experiment,
             "base": base, "num_samples": num_samples, "max_concurrent": max_concurrent, "reports": reports,
-            "env": {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "TRAINLAB_STORAGE": storage_root()}}
+            "env": {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "TRAINLAB_STORAGE": storage_root()},
+            "user_tags": dict(tags or {})}
     path = f"{storage_root().rstrip('/')}/{sweep_name}"
     _write_meta(path, meta)
     tuner = tune.Tuner(
@@ -185,7 +189,7 @@ def _trainable(meta: dict):
     spec = get_method(meta["method"])
     return tune.with_resources(
         tune.with_parameters(_trial, method=meta["method"], base=meta["base"], parent_run_id=meta["parent_run_id"],
-                             sweep_name=meta["sweep_name"], env=meta["env"]),
+                             sweep_name=meta["sweep_name"], env=meta["env"], tags=meta.get("user_tags") or {}),
         trial_resources(build_config(spec.config_cls, meta["base"])))
 
 
